@@ -1,0 +1,57 @@
+//! The `orderly` command line: `demo` runs orders through their whole lifecycle in-process and
+//! reports throughput and latency; `inspect` prints one stored order.
+
+pub mod demo;
+pub mod inspect;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings};
+
+/// Orderly: an actor-based, high-throughput order engine.
+#[derive(Debug, Parser)]
+#[command(name = "orderly", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: CliCommand,
+}
+
+/// Options every subcommand shares.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// A TOML file layered over the embedded defaults (e.g. config/production.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `memory` or a `redis://host:port/db` URL; overrides the config.
+    #[arg(long, value_name = "memory|redis://…")]
+    pub store: Option<String>,
+    /// Logical shards; overrides the config.
+    #[arg(long)]
+    pub shards: Option<u32>,
+}
+
+impl CommonArgs {
+    /// Loads settings: defaults, file, `ORDERLY__…` environment, then these flags.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let mut settings = Settings::load(self.config.as_deref(), std::env::vars())?;
+        if let Some(store) = &self.store {
+            settings.store.url = store.clone();
+        }
+        if let Some(shards) = self.shards {
+            settings.engine.shards = shards;
+        }
+        Ok(settings)
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum CliCommand {
+    /// Run N orders through place → pay → ship → deliver in-process and report.
+    Demo(demo::DemoArgs),
+    /// Print one stored order as JSON.
+    Inspect(inspect::InspectArgs),
+}

@@ -1,0 +1,137 @@
+//! Messages between the engine handle, shard actors, order actors and gateways, and the
+//! results the engine hands back.
+
+use actix::Message;
+use tokio::sync::oneshot;
+
+use crate::domain::{CommandEnvelope, Order, OrderId, PaymentResult, Rejection};
+use crate::store::StoreError;
+
+/// What the engine answers for one command or read.
+#[derive(Debug, Clone)]
+pub struct CommandOutcome {
+    /// The order's durable state after the command.
+    pub order: Order,
+    /// True when the command id had been applied before and nothing changed.
+    pub duplicate: bool,
+}
+
+/// The result of one command or read.
+pub type CommandResult = Result<CommandOutcome, EngineError>;
+
+/// Why the engine did not acknowledge a command. Only `Rejected` means "will never succeed as
+/// is"; the others are retryable with the same command id.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EngineError {
+    /// The domain refused the command.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The store failed; the command was not acknowledged and the order was reloaded.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another writer changed the order first (or the actor was reloaded); retry.
+    #[error("order {0} changed concurrently; retry")]
+    Conflict(OrderId),
+    /// The engine is saturated; retry later.
+    #[error("engine overloaded; retry later")]
+    Overloaded,
+    /// The engine is shutting down.
+    #[error("engine stopped")]
+    Stopped,
+    /// A bug was caught at an actor boundary (a panic); the order was reloaded.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Rejected(r) => r.code(),
+            EngineError::Store(_) => "store_unavailable",
+            EngineError::Conflict(_) => "conflict_retry",
+            EngineError::Overloaded => "overloaded",
+            EngineError::Stopped => "engine_stopped",
+            EngineError::Internal(_) => "internal_error",
+        }
+    }
+}
+
+/// What is asked of an order.
+#[derive(Debug, Clone)]
+pub enum Request {
+    /// Apply a command.
+    Command(CommandEnvelope),
+    /// Read the durable state.
+    Read,
+}
+
+/// One routed request inside a dispatch.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub(crate) order_id: OrderId,
+    pub(crate) request: Request,
+    /// The id was just minted by the engine, so there is no snapshot to load.
+    pub(crate) fresh: bool,
+    /// Position in the caller's batch.
+    pub(crate) index: u32,
+}
+
+/// Where the answers of a dispatch go.
+pub(crate) enum ReplyTo {
+    /// A single request.
+    One(oneshot::Sender<CommandResult>),
+    /// A batch: all answers at once, with their positions.
+    Many(oneshot::Sender<Vec<(u32, CommandResult)>>),
+}
+
+/// Engine → shard: requests for orders of this shard.
+pub(crate) struct Dispatch {
+    pub(crate) items: Vec<Routed>,
+    pub(crate) reply: ReplyTo,
+}
+
+impl Message for Dispatch {
+    type Result = ();
+}
+
+/// Shard → order actor: apply a request; the answer goes through the shard's commit queue.
+pub(crate) struct Deliver {
+    pub(crate) token: usize,
+    pub(crate) request: Request,
+    /// Keep the reply open past this commit (a payment waits for the gateway's verdict).
+    pub(crate) forwarded: bool,
+}
+
+impl Message for Deliver {
+    type Result = ();
+}
+
+/// Shard → order actor: drop in-memory state and reload the last durable snapshot.
+pub(crate) struct Reload {
+    pub(crate) incarnation: u32,
+}
+
+impl Message for Reload {
+    type Result = ();
+}
+
+/// Gateway → shard: a verdict on payment attempts. Sent on an unbounded channel because its
+/// volume is bounded by construction (at most one verdict per in-flight attempt, and attempts
+/// are bounded by live orders) and it must never wait behind bulk creates.
+pub struct Verdict {
+    /// The order.
+    pub order_id: OrderId,
+    /// The attempt the verdict is about.
+    pub attempt_no: u16,
+    /// The classified outcome.
+    pub result: PaymentResult,
+    /// Opaque engine token of the `pay` request still waiting for this verdict.
+    pub token: usize,
+}
+
+/// Control messages a shard consumes ahead of bulk work.
+pub enum ShardControl {
+    /// Verdicts of a gateway on a batch of charges.
+    PaymentVerdicts(Vec<Verdict>),
+}

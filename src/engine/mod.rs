@@ -1,0 +1,314 @@
+//! The engine: actors that own orders, and the cloneable handle the edges talk to.
+//!
+//! `Engine` routes each request to its logical shard (`hash(order_id) % shards`); shards are
+//! spread over one arbiter thread per core. Requests travel in batches (one message per shard
+//! per call), because a sequential cross-thread ask costs tens of microseconds while pipelined
+//! messages are cheap: bulk callers should use [`Engine::execute_batch`].
+
+pub(crate) mod commit;
+pub(crate) mod live_set;
+pub mod messages;
+pub mod order_actor;
+pub mod shard;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr, Arbiter};
+use tokio::sync::oneshot;
+
+pub use messages::{CommandOutcome, CommandResult, EngineError, Request};
+pub use shard::ShardStats;
+
+use crate::config::Settings;
+use crate::domain::{Command, CommandEnvelope, NewOrder, OrderId};
+use crate::gateway::Gateways;
+use crate::store::SnapshotStore;
+use messages::{Dispatch, ReplyTo, Routed};
+use shard::{GetShardStats, ShardActor, ShardLimits};
+
+/// How a request waits for room in a full shard mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Wait for room (bulk paths that can slow their producer).
+    Wait,
+    /// Fail at once with [`EngineError::Overloaded`] (request/response paths: 429).
+    FailFast,
+}
+
+struct EngineInner {
+    shards: Vec<Addr<ShardActor>>,
+    arbiters: Mutex<Vec<Arbiter>>,
+    store: Arc<dyn SnapshotStore>,
+}
+
+/// Cloneable, `Send` handle to a running engine.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+impl Engine {
+    /// Starts the shard actors on fresh arbiter threads. Must be called inside an actix
+    /// `System`; gateway actors start on the current arbiter.
+    pub fn start(settings: &Settings, store: Arc<dyn SnapshotStore>) -> Engine {
+        let arbiters: Vec<Arbiter> = (0..settings.arbiter_count())
+            .map(|_| Arbiter::new())
+            .collect();
+        let gateways = Gateways::start_simulated();
+        let limits = ShardLimits::from_settings(settings);
+        let policy = settings.orders.policy();
+        let mailbox = settings.engine.shard_mailbox_capacity;
+        let shards = (0..settings.engine.shards)
+            .map(|shard| {
+                let arbiter = &arbiters[shard as usize % arbiters.len()];
+                let store = Arc::clone(&store);
+                let gateways = gateways.clone();
+                ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                    ctx.set_mailbox_capacity(mailbox);
+                    ShardActor::new(shard, store, gateways, policy, limits)
+                })
+            })
+            .collect();
+        Engine {
+            inner: Arc::new(EngineInner {
+                shards,
+                arbiters: Mutex::new(arbiters),
+                store,
+            }),
+        }
+    }
+
+    /// The logical shard of an order.
+    pub fn shard_of(&self, order_id: OrderId) -> u32 {
+        (order_id.route_hash() % self.inner.shards.len() as u64) as u32
+    }
+
+    /// Number of logical shards.
+    pub fn shard_count(&self) -> u32 {
+        self.inner.shards.len() as u32
+    }
+
+    /// The store kind (`memory`, `redis`).
+    pub fn store_kind(&self) -> &'static str {
+        self.inner.store.kind()
+    }
+
+    /// The store, for readiness checks.
+    pub fn store(&self) -> &Arc<dyn SnapshotStore> {
+        &self.inner.store
+    }
+
+    async fn send(
+        &self,
+        shard: u32,
+        dispatch: Dispatch,
+        admission: Admission,
+    ) -> Result<(), EngineError> {
+        let addr = &self.inner.shards[shard as usize];
+        match admission {
+            Admission::Wait => addr.send(dispatch).await.map_err(|_| EngineError::Stopped),
+            Admission::FailFast => addr.try_send(dispatch).map_err(|e| match e {
+                actix::prelude::SendError::Full(_) => EngineError::Overloaded,
+                actix::prelude::SendError::Closed(_) => EngineError::Stopped,
+            }),
+        }
+    }
+
+    /// Places a new order under a freshly minted id (no snapshot lookup needed).
+    pub async fn place(&self, new_order: NewOrder, admission: Admission) -> CommandResult {
+        let order_id = OrderId::new();
+        let request = Request::Command(CommandEnvelope::new(Command::PlaceOrder(Box::new(
+            new_order,
+        ))));
+        self.execute_routed(
+            Routed {
+                order_id,
+                request,
+                fresh: true,
+                index: 0,
+            },
+            admission,
+        )
+        .await
+    }
+
+    /// Applies one request to an order and waits until its result is durable.
+    pub async fn execute(
+        &self,
+        order_id: OrderId,
+        request: Request,
+        admission: Admission,
+    ) -> CommandResult {
+        self.execute_routed(
+            Routed {
+                order_id,
+                request,
+                fresh: false,
+                index: 0,
+            },
+            admission,
+        )
+        .await
+    }
+
+    async fn execute_routed(&self, routed: Routed, admission: Admission) -> CommandResult {
+        let (tx, rx) = oneshot::channel();
+        let shard = self.shard_of(routed.order_id);
+        self.send(
+            shard,
+            Dispatch {
+                items: vec![routed],
+                reply: ReplyTo::One(tx),
+            },
+            admission,
+        )
+        .await?;
+        rx.await.map_err(|_| EngineError::Stopped)?
+    }
+
+    /// Applies many requests, one message per shard, and returns their results in input
+    /// order. `fresh` marks ids just minted by the caller with [`OrderId::new`] for placement,
+    /// which skips the snapshot lookup (safe even if wrong: the store's version check refuses
+    /// to overwrite an existing order).
+    pub async fn execute_batch(
+        &self,
+        items: Vec<BatchItem>,
+        admission: Admission,
+    ) -> Vec<CommandResult> {
+        self.execute_batch_timed(items, admission)
+            .await
+            .into_iter()
+            .map(|(r, _)| r)
+            .collect()
+    }
+
+    /// As [`Engine::execute_batch`], with each result's latency: the time from the call until
+    /// the answer of the item's shard arrived (shards answer independently).
+    pub async fn execute_batch_timed(
+        &self,
+        items: Vec<BatchItem>,
+        admission: Admission,
+    ) -> Vec<(CommandResult, Duration)> {
+        let started = Instant::now();
+        let total = items.len();
+        let shards = self.inner.shards.len();
+        let mut per_shard: Vec<Vec<Routed>> = (0..shards).map(|_| Vec::new()).collect();
+        for (index, item) in items.into_iter().enumerate() {
+            let shard = self.shard_of(item.order_id) as usize;
+            per_shard[shard].push(Routed {
+                order_id: item.order_id,
+                request: item.request,
+                fresh: item.fresh,
+                index: index as u32,
+            });
+        }
+        let mut results: Vec<Option<(CommandResult, Duration)>> =
+            (0..total).map(|_| None).collect();
+        let mut waits = Vec::new();
+        for (shard, routed) in per_shard.into_iter().enumerate() {
+            if routed.is_empty() {
+                continue;
+            }
+            let indices: Vec<u32> = routed.iter().map(|r| r.index).collect();
+            let (tx, rx) = oneshot::channel();
+            let dispatch = Dispatch {
+                items: routed,
+                reply: ReplyTo::Many(tx),
+            };
+            match self.send(shard as u32, dispatch, admission).await {
+                Ok(()) => waits.push(async move {
+                    let answers = rx.await;
+                    (indices, answers, started.elapsed())
+                }),
+                Err(error) => {
+                    for i in indices {
+                        results[i as usize] = Some((Err(error.clone()), started.elapsed()));
+                    }
+                }
+            }
+        }
+        for (indices, answers, elapsed) in futures_util::future::join_all(waits).await {
+            match answers {
+                Ok(answers) => {
+                    for (i, result) in answers {
+                        results[i as usize] = Some((result, elapsed));
+                    }
+                }
+                Err(_) => {
+                    for i in indices {
+                        results[i as usize] = Some((Err(EngineError::Stopped), elapsed));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or((Err(EngineError::Stopped), started.elapsed())))
+            .collect()
+    }
+
+    /// Statistics of every shard.
+    pub async fn shard_stats(&self) -> Vec<ShardStats> {
+        let mut stats = Vec::with_capacity(self.inner.shards.len());
+        for addr in &self.inner.shards {
+            stats.push(addr.send(GetShardStats).await.unwrap_or_default());
+        }
+        stats
+    }
+
+    /// Stops the shard arbiters. Acknowledged commands are already durable; unacknowledged
+    /// ones are dropped (their callers see `Stopped`).
+    pub fn stop(&self) {
+        let arbiters = match self.inner.arbiters.lock() {
+            Ok(mut guard) => std::mem::take(&mut *guard),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for arbiter in arbiters {
+            arbiter.stop();
+            let _ = arbiter.join();
+        }
+    }
+}
+
+/// One request of a batch.
+#[derive(Debug, Clone)]
+pub struct BatchItem {
+    /// The order.
+    pub order_id: OrderId,
+    /// What to do.
+    pub request: Request,
+    /// The id was just minted with [`OrderId::new`] for a placement.
+    pub fresh: bool,
+}
+
+impl BatchItem {
+    /// A request for an existing order.
+    pub fn existing(order_id: OrderId, request: Request) -> BatchItem {
+        BatchItem {
+            order_id,
+            request,
+            fresh: false,
+        }
+    }
+
+    /// A placement under a freshly minted id.
+    pub fn place(order_id: OrderId, new_order: NewOrder) -> BatchItem {
+        BatchItem {
+            order_id,
+            request: Request::Command(CommandEnvelope::new(Command::PlaceOrder(Box::new(
+                new_order,
+            )))),
+            fresh: true,
+        }
+    }
+
+    /// A command for an existing order with a fresh command id.
+    pub fn command(order_id: OrderId, command: Command) -> BatchItem {
+        BatchItem {
+            order_id,
+            request: Request::Command(CommandEnvelope::new(command)),
+            fresh: false,
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! Orderly: an actor-based, high-throughput order engine.
+//!
+//! Map of the crate (layers point one way: `domain` ← `engine` ← edges):
+//! - [`domain`]: pure Rust: money, orders, payment records, the state machine `apply`.
+//! - [`store`]: the snapshot store port, with the in-memory and Redis implementations and the
+//!   versioned MessagePack snapshot codec.
+//! - [`engine`]: actors: the cloneable [`engine::Engine`] handle, shard actors (routing,
+//!   activation, passivation, supervision, group commit) and one order actor per live order.
+//! - [`gateway`]: payment gateways (the in-process simulated gateway actor).
+//! - [`config`]: layered settings (TOML file + `ORDERLY__SECTION__KEY` environment).
+//! - [`telemetry`]: every metric name, description and histogram bucket.
+//! - [`wire`]: the JSON shape of an order for clients.
+//! - [`cli`]: the `orderly` command line (`demo`, `inspect`).
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod gateway;
+pub mod store;
+pub mod telemetry;
+pub mod wire;

@@ -1,0 +1,30 @@
+//! The `orderly` binary: parse the command line, start logging, run.
+
+use clap::Parser;
+use orderly::cli::{demo, inspect, Cli, CliCommand};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let system = actix_rt::System::new();
+    system.block_on(async move {
+        match cli.command {
+            CliCommand::Demo(args) => {
+                let json = args.json;
+                let report = demo::run(args).await?;
+                demo::print_human(&report, json);
+                if json {
+                    println!("{}", serde_json::to_string(&report)?);
+                }
+                Ok(())
+            }
+            CliCommand::Inspect(args) => inspect::run(args).await,
+        }
+    })
+}

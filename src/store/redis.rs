@@ -1,0 +1,221 @@
+//! The durable store: Redis, one hash per order (`v` = version, `s` = snapshot bytes).
+//!
+//! Keys are `<prefix>:{<shard>}:order:<uuid>`; the `{<shard>}` hash tag keeps one shard's keys
+//! in one Redis Cluster slot, so a shard's batch can be one script call. Each batch is one
+//! `EVALSHA` of a compare-and-set script (as Orleans' Redis grain storage does): for every
+//! order it checks the stored version, writes the new snapshot and appends the order's events
+//! to the shard's capped outbox stream `<prefix>:{<shard>}:events`, all atomically.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::{BoxFuture, FutureExt};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::{SnapshotStore, SnapshotWrite, StoreError, WriteOutcome};
+use crate::config::RedisSettings;
+use crate::domain::OrderId;
+
+/// Compare-and-set of a batch of snapshots plus their outbox events.
+/// KEYS[1] = outbox stream, KEYS[2..] = order keys.
+/// ARGV[1] = stream MAXLEN (0: no outbox), then per order: expected version, new version,
+/// snapshot bytes, event count, event names.
+/// Returns one integer per order: -1 written, otherwise the stored version (a conflict).
+const WRITE_BATCH_LUA: &str = r#"
+local maxlen = tonumber(ARGV[1])
+local stream = KEYS[1]
+local results = {}
+local a = 2
+for i = 2, #KEYS do
+  local key = KEYS[i]
+  local expected = tonumber(ARGV[a])
+  local version = ARGV[a + 1]
+  local events = tonumber(ARGV[a + 3])
+  local stored = tonumber(redis.call('HGET', key, 'v') or '0')
+  if stored == expected then
+    redis.call('HSET', key, 'v', version, 's', ARGV[a + 2])
+    if maxlen > 0 then
+      local id = string.sub(key, -36)
+      for j = 1, events do
+        redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
+          'order', id, 'version', version, 'event', ARGV[a + 3 + j])
+      end
+    end
+    results[i - 1] = -1
+  else
+    results[i - 1] = stored
+  end
+  a = a + 4 + events
+end
+return results
+"#;
+
+/// Redis-backed snapshot store with a small pool of self-reconnecting multiplexed connections.
+pub struct RedisStore {
+    connections: Vec<ConnectionManager>,
+    script: Arc<redis::Script>,
+    prefix: Arc<str>,
+    command_timeout_ms: u64,
+    outbox_maxlen: u64,
+}
+
+fn unavailable(error: redis::RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl RedisStore {
+    /// Connects `settings.connections` multiplexed connections to `url`. Each reconnects by
+    /// itself after Redis restarts; commands in the meantime fail with a retryable error.
+    pub async fn connect(url: &str, settings: &RedisSettings) -> Result<RedisStore, StoreError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
+            .set_response_timeout(Duration::from_millis(settings.command_timeout_ms))
+            .set_number_of_retries(2)
+            .set_max_delay(500);
+        let mut connections = Vec::with_capacity(settings.connections.max(1));
+        for _ in 0..settings.connections.max(1) {
+            let connection = ConnectionManager::new_with_config(client.clone(), config.clone())
+                .await
+                .map_err(unavailable)?;
+            connections.push(connection);
+        }
+        Ok(RedisStore {
+            connections,
+            script: Arc::new(redis::Script::new(WRITE_BATCH_LUA)),
+            prefix: settings.key_prefix.as_str().into(),
+            command_timeout_ms: settings.command_timeout_ms,
+            outbox_maxlen: settings.outbox_maxlen,
+        })
+    }
+
+    /// The key of an order's snapshot hash.
+    pub fn order_key(prefix: &str, shard: u32, order_id: OrderId) -> String {
+        format!("{prefix}:{{{shard}}}:order:{order_id}")
+    }
+
+    /// The key of a shard's outbox stream.
+    pub fn events_key(prefix: &str, shard: u32) -> String {
+        format!("{prefix}:{{{shard}}}:events")
+    }
+
+    fn connection(&self, shard: u32) -> ConnectionManager {
+        // Shards map to connections round-robin so one shard's large batch does not sit in
+        // front of every other shard's on a single socket.
+        self.connections[shard as usize % self.connections.len()].clone()
+    }
+
+    async fn with_timeout<T>(
+        timeout_ms: u64,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Timeout(timeout_ms)),
+        }
+    }
+}
+
+impl SnapshotStore for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    fn load(
+        &self,
+        shard: u32,
+        order_id: OrderId,
+    ) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
+        let mut connection = self.connection(shard);
+        let key = RedisStore::order_key(&self.prefix, shard, order_id);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            RedisStore::with_timeout(timeout_ms, async {
+                let bytes: Option<Vec<u8>> = redis::cmd("HGET")
+                    .arg(&key)
+                    .arg("s")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(bytes)
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn write_batch(
+        &self,
+        shard: u32,
+        writes: Vec<SnapshotWrite>,
+    ) -> BoxFuture<'static, Result<Vec<WriteOutcome>, StoreError>> {
+        let mut connection = self.connection(shard);
+        let script = Arc::clone(&self.script);
+        let prefix = Arc::clone(&self.prefix);
+        let timeout_ms = self.command_timeout_ms;
+        let maxlen = self.outbox_maxlen;
+        async move {
+            if writes.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut invocation = script.prepare_invoke();
+            invocation
+                .key(RedisStore::events_key(&prefix, shard))
+                .arg(maxlen);
+            for write in &writes {
+                invocation
+                    .key(RedisStore::order_key(&prefix, shard, write.order_id))
+                    .arg(write.expected_version)
+                    .arg(write.version)
+                    .arg(&write.bytes[..])
+                    .arg(write.events.len());
+                for event in &write.events {
+                    invocation.arg(*event);
+                }
+            }
+            let results: Vec<i64> = RedisStore::with_timeout(timeout_ms, async {
+                invocation
+                    .invoke_async(&mut connection)
+                    .await
+                    .map_err(unavailable)
+            })
+            .await?;
+            if results.len() != writes.len() {
+                return Err(StoreError::Unavailable(format!(
+                    "write script answered {} results for {} writes",
+                    results.len(),
+                    writes.len()
+                )));
+            }
+            Ok(results
+                .into_iter()
+                .map(|r| {
+                    if r < 0 {
+                        WriteOutcome::Written
+                    } else {
+                        WriteOutcome::Conflict {
+                            stored_version: r as u64,
+                        }
+                    }
+                })
+                .collect())
+        }
+        .boxed()
+    }
+
+    fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
+        let mut connection = self.connection(0);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            RedisStore::with_timeout(timeout_ms, async {
+                let _: String = redis::cmd("PING")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(())
+            })
+            .await
+        }
+        .boxed()
+    }
+}

@@ -1,0 +1,215 @@
+//! Every metric Orderly emits: names (constants), descriptions and histogram buckets live here
+//! and nowhere else. Names follow `orderly_<name>_<unit>` (`_total` for counters); labels are
+//! low-cardinality (command verb, outcome, gateway, store kind), never an order id.
+//!
+//! Hot paths aggregate locally and emit once per commit batch, so a command costs no metrics
+//! lookups of its own.
+
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
+
+/// Commands answered, by `command` verb and `outcome` (`ok`, `duplicate`, `rejected`, `error`).
+pub const COMMANDS_TOTAL: &str = "orderly_commands_total";
+/// Snapshots written by group commit.
+pub const SNAPSHOTS_WRITTEN_TOTAL: &str = "orderly_snapshots_written_total";
+/// Version-check conflicts refused by the store.
+pub const WRITE_CONFLICTS_TOTAL: &str = "orderly_write_conflicts_total";
+/// Commit batches that failed in the store.
+pub const COMMIT_FAILURES_TOTAL: &str = "orderly_commit_failures_total";
+/// Snapshots per commit batch.
+pub const COMMIT_BATCH_SIZE: &str = "orderly_commit_batch_size";
+/// Store write latency of one commit batch.
+pub const COMMIT_BATCH_SECONDS: &str = "orderly_commit_batch_duration_seconds";
+/// Order actors activated (created or loaded).
+pub const ACTIVATIONS_TOTAL: &str = "orderly_order_activations_total";
+/// Order actors passivated, by `reason` (`capacity`, `idle`, `unknown_order`).
+pub const PASSIVATIONS_TOTAL: &str = "orderly_order_passivations_total";
+/// Order actors reloaded from their last snapshot, by `reason` (`store_error`, `conflict`,
+/// `panic`).
+pub const RESTARTS_TOTAL: &str = "orderly_order_restarts_total";
+/// Live order actors, per shard summed by the scrape.
+pub const LIVE_ORDERS: &str = "orderly_live_orders";
+/// Commands parked while the live set was full.
+pub const WAITING_COMMANDS: &str = "orderly_waiting_commands";
+/// Commands refused for overload.
+pub const OVERLOAD_REJECTIONS_TOTAL: &str = "orderly_overload_rejections_total";
+/// Payment attempts, by `gateway` and `outcome`.
+pub const PAYMENT_ATTEMPTS_TOTAL: &str = "orderly_payment_attempts_total";
+/// Outbox events appended, by store.
+pub const EVENTS_TOTAL: &str = "orderly_outbox_events_total";
+
+/// Buckets for commit batch latency, seconds (50 µs .. 2.5 s).
+pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+/// Buckets for batch sizes.
+pub const BATCH_SIZE_BUCKETS: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Registers descriptions with the installed recorder (call once after installing one).
+pub fn describe() {
+    describe_counter!(
+        COMMANDS_TOTAL,
+        Unit::Count,
+        "Commands answered, by command verb and outcome."
+    );
+    describe_counter!(
+        SNAPSHOTS_WRITTEN_TOTAL,
+        Unit::Count,
+        "Order snapshots written by group commit."
+    );
+    describe_counter!(
+        WRITE_CONFLICTS_TOTAL,
+        Unit::Count,
+        "Snapshot writes refused by the version check."
+    );
+    describe_counter!(
+        COMMIT_FAILURES_TOTAL,
+        Unit::Count,
+        "Commit batches that failed in the store."
+    );
+    describe_histogram!(
+        COMMIT_BATCH_SIZE,
+        Unit::Count,
+        "Snapshots per commit batch."
+    );
+    describe_histogram!(
+        COMMIT_BATCH_SECONDS,
+        Unit::Seconds,
+        "Store write latency per commit batch."
+    );
+    describe_counter!(ACTIVATIONS_TOTAL, Unit::Count, "Order actors activated.");
+    describe_counter!(
+        PASSIVATIONS_TOTAL,
+        Unit::Count,
+        "Order actors passivated, by reason."
+    );
+    describe_counter!(
+        RESTARTS_TOTAL,
+        Unit::Count,
+        "Order actors reloaded from their last snapshot, by reason."
+    );
+    describe_gauge!(LIVE_ORDERS, Unit::Count, "Live order actors.");
+    describe_gauge!(
+        WAITING_COMMANDS,
+        Unit::Count,
+        "Commands parked while the live set was full."
+    );
+    describe_counter!(
+        OVERLOAD_REJECTIONS_TOTAL,
+        Unit::Count,
+        "Commands refused for overload."
+    );
+    describe_counter!(
+        PAYMENT_ATTEMPTS_TOTAL,
+        Unit::Count,
+        "Payment attempts by gateway and outcome."
+    );
+    describe_counter!(
+        EVENTS_TOTAL,
+        Unit::Count,
+        "Outbox events written with snapshots."
+    );
+}
+
+/// Installs the Prometheus recorder with this module's buckets; returns the handle that renders
+/// the text exposition.
+pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
+    use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(COMMIT_BATCH_SECONDS.to_string()),
+            COMMIT_SECONDS_BUCKETS,
+        )
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(COMMIT_BATCH_SIZE.to_string()),
+                BATCH_SIZE_BUCKETS,
+            )
+        })
+        .map_err(|e| e.to_string())?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
+    describe();
+    Ok(handle)
+}
+
+/// Per-batch tallies of command outcomes, emitted once per commit.
+#[derive(Default)]
+pub(crate) struct CommandTally {
+    counts: Vec<(&'static str, &'static str, u64)>,
+}
+
+impl CommandTally {
+    pub(crate) fn add(&mut self, verb: &'static str, outcome: &'static str) {
+        if let Some(slot) = self
+            .counts
+            .iter_mut()
+            .find(|(v, o, _)| *v == verb && *o == outcome)
+        {
+            slot.2 += 1;
+        } else {
+            self.counts.push((verb, outcome, 1));
+        }
+    }
+
+    pub(crate) fn emit(self) {
+        for (verb, outcome, n) in self.counts {
+            counter!(COMMANDS_TOTAL, "command" => verb, "outcome" => outcome).increment(n);
+        }
+    }
+}
+
+/// Records one commit batch.
+pub(crate) fn record_commit(
+    store: &'static str,
+    snapshots: usize,
+    events: usize,
+    seconds: f64,
+    ok: bool,
+) {
+    histogram!(COMMIT_BATCH_SIZE, "store" => store).record(snapshots as f64);
+    histogram!(COMMIT_BATCH_SECONDS, "store" => store).record(seconds);
+    if ok {
+        counter!(SNAPSHOTS_WRITTEN_TOTAL, "store" => store).increment(snapshots as u64);
+        counter!(EVENTS_TOTAL, "store" => store).increment(events as u64);
+    } else {
+        counter!(COMMIT_FAILURES_TOTAL, "store" => store).increment(1);
+    }
+}
+
+/// Records conflicts found in one batch.
+pub(crate) fn record_conflicts(n: u64) {
+    counter!(WRITE_CONFLICTS_TOTAL).increment(n);
+}
+
+/// Records activations and the live count of one shard (gauge per shard label would be high
+/// cardinality at 64+ shards, so the gauge is incremented/decremented instead).
+pub(crate) fn record_activation() {
+    counter!(ACTIVATIONS_TOTAL).increment(1);
+    gauge!(LIVE_ORDERS).increment(1.0);
+}
+
+/// Records a passivation.
+pub(crate) fn record_passivation(reason: &'static str) {
+    counter!(PASSIVATIONS_TOTAL, "reason" => reason).increment(1);
+    gauge!(LIVE_ORDERS).decrement(1.0);
+}
+
+/// Records an order reload.
+pub(crate) fn record_restart(reason: &'static str) {
+    counter!(RESTARTS_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Records an overload refusal.
+pub(crate) fn record_overload() {
+    counter!(OVERLOAD_REJECTIONS_TOTAL).increment(1);
+}
+
+/// Records payment attempt outcomes of one gateway batch.
+pub fn record_payment_attempts(gateway: &'static str, outcome: &'static str, n: u64) {
+    counter!(PAYMENT_ATTEMPTS_TOTAL, "gateway" => gateway, "outcome" => outcome).increment(n);
+}

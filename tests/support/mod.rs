@@ -1,0 +1,7 @@
+//! Shared helpers for integration tests. Include with `mod support;` from a
+//! file directly under `tests/`.
+
+// Each test binary compiles this module separately and uses only part of it.
+#![allow(dead_code)]
+
+pub mod redis_server;
