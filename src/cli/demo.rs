@@ -197,6 +197,10 @@ async fn run_batch(
     results
 }
 
+/// One lifecycle step after placement: its index, how to build its command, the status a
+/// successful answer must show.
+type Step = (usize, fn(OrderId) -> Command, OrderStatus);
+
 /// Runs one batch of orders through the lifecycle.
 async fn lifecycle(engine: &Engine, tally: &RefCell<Tally>, first: u64, count: u64) {
     let ids: Vec<OrderId> = (0..count).map(|_| OrderId::new()).collect();
@@ -214,7 +218,7 @@ async fn lifecycle(engine: &Engine, tally: &RefCell<Tally>, first: u64, count: u
             alive.push(*id);
         }
     }
-    let steps: [(usize, fn(OrderId) -> Command, OrderStatus); 3] = [
+    let steps: [Step; 3] = [
         (
             1,
             |_| Command::StartPayment { method: None },

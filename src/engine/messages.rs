@@ -1,6 +1,8 @@
 //! Messages between the engine handle, shard actors, order actors and gateways, and the
 //! results the engine hands back.
 
+use std::sync::Arc;
+
 use actix::Message;
 use tokio::sync::oneshot;
 
@@ -10,8 +12,9 @@ use crate::store::StoreError;
 /// What the engine answers for one command or read.
 #[derive(Debug, Clone)]
 pub struct CommandOutcome {
-    /// The order's durable state after the command.
-    pub order: Order,
+    /// The order's durable state after the command (shared with the order actor: answering
+    /// costs a reference count, not a copy).
+    pub order: Arc<Order>,
     /// True when the command id had been applied before and nothing changed.
     pub duplicate: bool,
 }

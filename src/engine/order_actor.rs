@@ -4,13 +4,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
 use super::commit::{CommitEntry, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Reload, Request};
 use super::shard::ShardCore;
-use crate::domain::{apply, Effect, OrderId, Rejection, Timestamp};
+use crate::domain::{apply, Effect, Order, OrderId, Rejection, Timestamp};
 use crate::gateway::ChargeRequest;
 use crate::store::{snapshot, StoreError};
 
@@ -18,7 +19,7 @@ use crate::store::{snapshot, StoreError};
 pub struct OrderActor {
     id: OrderId,
     core: Rc<ShardCore>,
-    order: Option<crate::domain::Order>,
+    order: Option<Arc<Order>>,
     incarnation: u32,
     /// Set when the last load failed; every request then fails (retryable) and the shard
     /// reloads the actor.
@@ -52,7 +53,7 @@ impl OrderActor {
             match result {
                 Ok(Some(bytes)) => match snapshot::decode(&bytes) {
                     Ok(order) => {
-                        actor.order = Some(order);
+                        actor.order = Some(Arc::new(order));
                         actor.load_error = None;
                     }
                     Err(error) => actor.load_error = Some(StoreError::Corrupt(error.to_string())),
@@ -98,7 +99,7 @@ impl OrderActor {
             Request::Read => {
                 let result = match &self.order {
                     Some(order) => Ok(CommandOutcome {
-                        order: order.clone(),
+                        order: Arc::clone(order),
                         duplicate: false,
                     }),
                     None => Err(EngineError::Rejected(Rejection::OrderNotFound(self.id))),
@@ -109,7 +110,7 @@ impl OrderActor {
         };
         let now = Timestamp::now();
         let policy = self.core.policy;
-        let current = self.order.as_ref();
+        let current = self.order.as_deref();
         let id = self.id;
         // A panic inside the pure domain or the codec is a bug; catch it here so it costs one
         // answer and a reload, never the arbiter thread and its other orders.
@@ -133,14 +134,20 @@ impl OrderActor {
             Ok(Err(rejection)) => {
                 self.entry(token, forwarded, Err(EngineError::Rejected(rejection)))
             }
-            Ok(Ok((applied, None))) => self.entry(
-                token,
-                forwarded,
-                Ok(CommandOutcome {
-                    order: applied.order,
-                    duplicate: true,
-                }),
-            ),
+            Ok(Ok((applied, None))) => {
+                let order = match &self.order {
+                    Some(current) => Arc::clone(current),
+                    None => Arc::new(applied.order),
+                };
+                self.entry(
+                    token,
+                    forwarded,
+                    Ok(CommandOutcome {
+                        order,
+                        duplicate: true,
+                    }),
+                )
+            }
             Ok(Ok((applied, Some(bytes)))) => {
                 let expected_version = self.order.as_ref().map_or(0, |o| o.version);
                 let mut entry = self.entry(token, forwarded, Err(EngineError::Stopped));
@@ -179,11 +186,12 @@ impl OrderActor {
                 }
                 entry.exists = true;
                 entry.settled = applied.order.is_settled();
+                let order = Arc::new(applied.order);
                 entry.result = Ok(CommandOutcome {
-                    order: applied.order.clone(),
+                    order: Arc::clone(&order),
                     duplicate: false,
                 });
-                self.order = Some(applied.order);
+                self.order = Some(order);
                 entry
             }
         };

@@ -115,10 +115,9 @@ impl ShardCore {
     fn dispatch(self: &Rc<Self>, dispatch: Dispatch) {
         match dispatch.reply {
             ReplyTo::One(tx) => {
-                for item in dispatch.items.into_iter().take(1) {
+                if let Some(item) = dispatch.items.into_iter().next() {
                     let token = self.replies.borrow_mut().insert(PendingReply::One(tx));
                     self.route(item.order_id, item.request, item.fresh, token);
-                    return;
                 }
             }
             ReplyTo::Many(tx) => {

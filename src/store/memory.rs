@@ -2,14 +2,14 @@
 //! batch writes), nothing survives the process. The default for demos and tests of the engine.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{SnapshotStore, SnapshotWrite, StoreError, WriteOutcome};
 use crate::domain::OrderId;
 
-type ShardMap = HashMap<OrderId, (u64, Arc<[u8]>), ahash::RandomState>;
+type ShardMap = HashMap<OrderId, (u64, Vec<u8>), ahash::RandomState>;
 
 /// In-memory snapshot store, one lock per logical shard (each shard has one writer, so the
 /// locks are uncontended).
@@ -56,7 +56,7 @@ impl MemoryStore {
             .map(|write| {
                 let stored = map.get(&write.order_id).map_or(0, |(v, _)| *v);
                 if stored == write.expected_version {
-                    map.insert(write.order_id, (write.version, write.bytes.into()));
+                    map.insert(write.order_id, (write.version, write.bytes));
                     WriteOutcome::Written
                 } else {
                     WriteOutcome::Conflict {
@@ -78,7 +78,7 @@ impl SnapshotStore for MemoryStore {
         shard: u32,
         order_id: OrderId,
     ) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
-        let bytes = self.shard(shard).get(&order_id).map(|(_, b)| b.to_vec());
+        let bytes = self.shard(shard).get(&order_id).map(|(_, b)| b.clone());
         future::ready(Ok(bytes)).boxed()
     }
 

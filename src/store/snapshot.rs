@@ -29,14 +29,14 @@ pub enum CodecError {
     UnknownSchema(u8),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct ItemWire<'a> {
     sku: Cow<'a, str>,
     quantity: u32,
     unit_price_minor: i64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct AttemptWire {
     attempt_no: u16,
     method: u8,
@@ -46,7 +46,7 @@ struct AttemptWire {
     updated_at: i64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct RefundWire {
     refund_no: u16,
     amount_minor: i64,
@@ -55,8 +55,10 @@ struct RefundWire {
     created_at: i64,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct SnapshotV1<'a> {
+    /// Checked before decoding (see `decode`); kept so the layout stays self-describing.
+    #[allow(dead_code)]
     schema: u8,
     id: (u64, u64),
     version: u64,
@@ -83,75 +85,111 @@ struct SnapshotV1<'a> {
 }
 
 fn price_minor(price: Decimal, currency: Currency) -> i64 {
-    // Prices were validated against the currency's scale on entry, so this is exact.
-    let scaled = price * Decimal::from(10_i64.pow(currency.exponent()));
-    i64::try_from(scaled).unwrap_or(0)
+    // Prices were normalized and checked against the currency's scale on entry, so the
+    // mantissa times a power of ten is exact (no decimal arithmetic on the hot path).
+    let shift = currency.exponent().saturating_sub(price.scale());
+    i64::try_from(price.mantissa())
+        .unwrap_or(0)
+        .saturating_mul(10_i64.pow(shift))
+}
+
+/// Serializes an order straight into the `SnapshotV1` layout, with no intermediate vectors:
+/// encoding runs once per command, so it must not allocate more than its output buffer.
+struct EncodeView<'a>(&'a Order);
+
+struct Items<'a>(&'a [LineItem], Currency);
+struct Metadata<'a>(&'a [(Box<str>, Box<str>)]);
+struct Attempts<'a>(&'a [PaymentAttempt]);
+struct Refunds<'a>(&'a [Refund]);
+
+impl Serialize for Items<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            self.0
+                .iter()
+                .map(|i| (&*i.sku, i.quantity.get(), price_minor(i.unit_price, self.1))),
+        )
+    }
+}
+
+impl Serialize for Metadata<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(k, v)| (&**k, &**v)))
+    }
+}
+
+impl Serialize for Attempts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|a| {
+            (
+                a.attempt_no,
+                a.method.code(),
+                a.status.code(),
+                a.amount_minor,
+                a.created_at.0,
+                a.updated_at.0,
+            )
+        }))
+    }
+}
+
+impl Serialize for Refunds<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| {
+            (
+                r.refund_no,
+                r.amount_minor,
+                r.status.code(),
+                r.resume_status.code(),
+                r.created_at.0,
+            )
+        }))
+    }
+}
+
+/// Number of fields of `SnapshotV1`.
+const V1_FIELDS: usize = 23;
+
+impl Serialize for EncodeView<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let order = self.0;
+        let header = &order.header;
+        let notes = order.notes();
+        let mut t = s.serialize_tuple(V1_FIELDS)?;
+        t.serialize_element(&SCHEMA_VERSION)?;
+        t.serialize_element(&header.id.as_uuid().as_u64_pair())?;
+        t.serialize_element(&order.version)?;
+        t.serialize_element(&order.status.code())?;
+        t.serialize_element(&*header.customer_id)?;
+        t.serialize_element(&header.currency.index())?;
+        t.serialize_element(&header.payment_method.code())?;
+        t.serialize_element(&Items(&header.items, header.currency))?;
+        t.serialize_element(&Metadata(&header.metadata))?;
+        t.serialize_element(&header.item_count)?;
+        t.serialize_element(&header.total_minor)?;
+        t.serialize_element(&header.created_at.0)?;
+        t.serialize_element(&order.updated_at.0)?;
+        t.serialize_element(&order.paid_minor)?;
+        t.serialize_element(&order.refunded_minor)?;
+        t.serialize_element(&Attempts(&order.payments))?;
+        t.serialize_element(&Refunds(&order.refunds))?;
+        t.serialize_element(&notes.tracking_number.as_deref())?;
+        t.serialize_element(&notes.last_payment_error.as_deref())?;
+        t.serialize_element(&notes.reason.as_deref())?;
+        t.serialize_element(&order.reminder_at.0)?;
+        t.serialize_element(&order.expires_at.0)?;
+        t.serialize_element(&order.recent.slots)?;
+        t.end()
+    }
 }
 
 /// Encodes an order into snapshot bytes.
 pub fn encode(order: &Order) -> Vec<u8> {
-    let header = &order.header;
-    let notes = order.notes();
-    let wire = SnapshotV1 {
-        schema: SCHEMA_VERSION,
-        id: header.id.as_uuid().as_u64_pair(),
-        version: order.version,
-        status: order.status.code(),
-        customer_id: Cow::Borrowed(&header.customer_id),
-        currency: header.currency.index(),
-        payment_method: header.payment_method.code(),
-        items: header
-            .items
-            .iter()
-            .map(|item| ItemWire {
-                sku: Cow::Borrowed(&item.sku),
-                quantity: item.quantity.get(),
-                unit_price_minor: price_minor(item.unit_price, header.currency),
-            })
-            .collect(),
-        metadata: header
-            .metadata
-            .iter()
-            .map(|(k, v)| (Cow::Borrowed(&**k), Cow::Borrowed(&**v)))
-            .collect(),
-        item_count: header.item_count,
-        total_minor: header.total_minor,
-        created_at: header.created_at.0,
-        updated_at: order.updated_at.0,
-        paid_minor: order.paid_minor,
-        refunded_minor: order.refunded_minor,
-        payments: order
-            .payments
-            .iter()
-            .map(|a| AttemptWire {
-                attempt_no: a.attempt_no,
-                method: a.method.code(),
-                status: a.status.code(),
-                amount_minor: a.amount_minor,
-                created_at: a.created_at.0,
-                updated_at: a.updated_at.0,
-            })
-            .collect(),
-        refunds: order
-            .refunds
-            .iter()
-            .map(|r| RefundWire {
-                refund_no: r.refund_no,
-                amount_minor: r.amount_minor,
-                status: r.status.code(),
-                resume_status: r.resume_status.code(),
-                created_at: r.created_at.0,
-            })
-            .collect(),
-        tracking_number: notes.tracking_number.as_deref().map(Cow::Borrowed),
-        last_payment_error: notes.last_payment_error.as_deref().map(Cow::Borrowed),
-        reason: notes.reason.as_deref().map(Cow::Borrowed),
-        reminder_at: order.reminder_at.0,
-        expires_at: order.expires_at.0,
-        recent: order.recent.slots,
-    };
-    // Serializing plain integers, strings and vectors into a Vec cannot fail.
-    rmp_serde::to_vec(&wire).unwrap_or_default()
+    let mut bytes = Vec::with_capacity(256);
+    // Writing integers, strings and sequences into a Vec cannot fail.
+    let _ = rmp_serde::encode::write(&mut bytes, &EncodeView(order));
+    bytes
 }
 
 fn corrupt(what: &str) -> CodecError {
@@ -236,4 +274,92 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
         expires_at: Timestamp(wire.expires_at),
         recent: RecentCommands { slots: wire.recent },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{
+        apply, Command, CommandEnvelope, LineItemRequest, NewOrder, NewOrderRequest, OrderPolicy,
+        PaymentResult,
+    };
+
+    fn shipped_order() -> Order {
+        let request = NewOrderRequest {
+            customer_id: "c-42".into(),
+            currency: "USD".into(),
+            payment_method: "card".into(),
+            items: vec![
+                LineItemRequest {
+                    sku: "sku-1".into(),
+                    quantity: 2,
+                    unit_price: "19.99".into(),
+                },
+                LineItemRequest {
+                    sku: "sku-2".into(),
+                    quantity: 1,
+                    unit_price: "5".into(),
+                },
+            ],
+            metadata: [("channel".to_string(), "web".to_string())]
+                .into_iter()
+                .collect(),
+        };
+        let new_order = NewOrder::parse(&request).unwrap();
+        let id = OrderId::new();
+        let policy = OrderPolicy::default();
+        let mut order = None;
+        let commands = [
+            Command::PlaceOrder(Box::new(new_order)),
+            Command::StartPayment { method: None },
+            Command::RecordPaymentResult {
+                attempt_no: 1,
+                result: PaymentResult::Succeeded {
+                    amount_minor: 4498,
+                    currency: Currency::USD,
+                },
+            },
+            Command::ShipOrder {
+                tracking_number: Some("TRK-1".into()),
+            },
+        ];
+        for (i, command) in commands.into_iter().enumerate() {
+            let applied = apply(
+                order.as_ref(),
+                id,
+                &CommandEnvelope::new(command),
+                Timestamp(1_000 + i as i64),
+                &policy,
+            )
+            .unwrap();
+            order = Some(applied.order);
+        }
+        order.unwrap()
+    }
+
+    #[test]
+    fn encode_decode_round_trips() {
+        let order = shipped_order();
+        let bytes = encode(&order);
+        assert_eq!(decode(&bytes).unwrap(), order);
+        assert!(bytes.len() < 300, "snapshot is {} bytes", bytes.len());
+    }
+
+    #[test]
+    fn newer_schema_is_refused_with_a_clear_error() {
+        let mut bytes = encode(&shipped_order());
+        // 23 fields: array16 header (0xdc, two length bytes), then the schema.
+        assert_eq!(bytes[0], 0xdc);
+        bytes[3] = SCHEMA_VERSION + 1;
+        assert!(matches!(decode(&bytes), Err(CodecError::UnknownSchema(_))));
+    }
+
+    #[test]
+    fn garbage_is_corrupt_not_a_panic() {
+        assert!(matches!(
+            decode(b"\x01\x02garbage"),
+            Err(CodecError::Corrupt(_))
+        ));
+        assert!(decode(&[]).is_err());
+    }
 }
