@@ -38,6 +38,8 @@ pub(crate) struct CommitEntry {
     pub(crate) settled: bool,
     /// The actor must reload from the store (its load failed or it panicked).
     pub(crate) reload: bool,
+    /// `charges` re-sends a live attempt's charge for a replayed `pay` (no write of its own).
+    pub(crate) resend: bool,
 }
 
 /// Collects the answers of a batch dispatch and sends them once all are in.

@@ -11,7 +11,9 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use super::commit::{CommitEntry, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Reload, Request};
 use super::shard::ShardCore;
-use crate::domain::{apply, Effect, Order, OrderId, Rejection, Timestamp};
+use crate::domain::{
+    apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection, Timestamp,
+};
 use crate::gateway::ChargeRequest;
 use crate::store::{snapshot, StoreError};
 
@@ -86,6 +88,7 @@ impl OrderActor {
             exists: self.order.is_some(),
             settled: self.order.as_ref().is_some_and(|o| o.is_settled()),
             reload: false,
+            resend: false,
         }
     }
 
@@ -139,14 +142,26 @@ impl OrderActor {
                     Some(current) => Arc::clone(current),
                     None => Arc::new(applied.order),
                 };
-                self.entry(
+                let resend = matches!(envelope.command, Command::StartPayment { .. })
+                    .then(|| resend_charge(&order, token))
+                    .flatten();
+                let mut entry = self.entry(
                     token,
                     forwarded,
                     Ok(CommandOutcome {
                         order,
                         duplicate: true,
                     }),
-                )
+                );
+                // A replayed `pay` whose attempt is still being sent: the first answer was
+                // lost (e.g. the write's outcome was unknown), so the charge may never have
+                // been requested. Ask again under the same idempotency key; the gateway
+                // deduplicates, so this can never charge twice.
+                if let Some(charge) = resend {
+                    entry.charges.push(charge);
+                    entry.resend = true;
+                }
+                entry
             }
             Ok(Ok((applied, Some(bytes)))) => {
                 let expected_version = self.order.as_ref().map_or(0, |o| o.version);
@@ -228,4 +243,21 @@ impl Handler<Reload> for OrderActor {
         self.load_error = None;
         self.load(ctx);
     }
+}
+
+/// The charge to re-send for an order whose latest attempt is still `Sending`.
+fn resend_charge(order: &Order, token: usize) -> Option<(PaymentMethod, ChargeRequest)> {
+    let attempt = order
+        .live_attempt()
+        .filter(|a| a.status == AttemptStatus::Sending)?;
+    Some((
+        attempt.method,
+        ChargeRequest {
+            order_id: order.id(),
+            attempt_no: attempt.attempt_no,
+            amount_minor: attempt.amount_minor,
+            currency: order.currency(),
+            token,
+        },
+    ))
 }

@@ -379,7 +379,7 @@ impl ShardCore {
                 reloads.push((entry.order_id, "panic_or_load_error"));
             }
             tally.add(entry.verb, outcome_label(&result));
-            if result.is_ok() && entry.forwarded && !entry.charges.is_empty() {
+            if result.is_ok() && (entry.forwarded || entry.resend) && !entry.charges.is_empty() {
                 // Durable in PaymentProcessing: only now may the gateway be asked. The answer
                 // to `pay` waits for the verdict.
                 charges.extend(entry.charges);

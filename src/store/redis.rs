@@ -70,7 +70,9 @@ impl RedisStore {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
-            .set_response_timeout(Duration::from_millis(settings.command_timeout_ms))
+            // Longer than our own per-command timeout, so a slow answer surfaces as
+            // `StoreError::Timeout` (outcome unknown) rather than a generic client error.
+            .set_response_timeout(Duration::from_millis(settings.command_timeout_ms + 1_000))
             .set_number_of_retries(2)
             .set_max_delay(500);
         let mut connections = Vec::with_capacity(settings.connections.max(1));
