@@ -13,8 +13,7 @@
 //! - (f) at most one payment attempt is live and at most one refund is pending;
 //! - (g) `apply` never panics (a panic fails the case).
 //!
-//! Tests marked `#[ignore]` at the end reproduce defects found in `src/` (see their messages);
-//! they are expected to fail until those are fixed.
+//! The regression tests at the end pin defects these properties once found in `src/`.
 
 use std::str::FromStr;
 
@@ -709,14 +708,14 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reproductions of defects found in src/ (ignored until fixed)
+// Regressions: defects these properties found in src/, now fixed
 // ---------------------------------------------------------------------------------------------
 
 /// `Money::parse` uses `Decimal::from_str`, which silently rounds inputs with more than 28
 /// fractional digits; the rounded value then passes the scale check. Fix: parse with
 /// `Decimal::from_str_exact` and map its `Underflow` error to `TooManyDecimals`.
 #[test]
-#[ignore = "src bug: Money::parse rounds amounts with more than 28 decimals"]
+
 fn money_parse_rejects_instead_of_rounding_beyond_28_decimals() {
     let text = "19.990000000000000000000000000001"; // 30 decimals
     assert!(
@@ -732,7 +731,7 @@ fn money_parse_rejects_instead_of_rounding_beyond_28_decimals() {
 /// Integers of 29 or more digits overflow `Decimal` during parsing and are reported as
 /// `Malformed` ("invalid_amount") rather than `OutOfRange` ("amount_out_of_range").
 #[test]
-#[ignore = "src bug: Money::parse reports 29+ digit amounts as Malformed, not OutOfRange"]
+
 fn money_parse_reports_huge_integers_as_out_of_range() {
     let text = "99999999999999999999999999999"; // 29 digits
     assert_eq!(
@@ -746,7 +745,7 @@ fn money_parse_reports_huge_integers_as_out_of_range() {
 /// treat `amount_minor <= 0` (and a currency mismatch) as a hold without adding to
 /// `paid_minor`, or reject it as invalid input.
 #[test]
-#[ignore = "src bug: a negative captured amount makes paid_minor negative"]
+
 fn negative_captured_amount_never_makes_paid_negative() {
     let request = NewOrderRequest {
         customer_id: "c-1".into(),
@@ -789,7 +788,7 @@ fn negative_captured_amount_never_makes_paid_negative() {
 /// order unsettled (e.g. resume to `OnHold`), or allow `RefundOrder` while
 /// `paid_minor > refunded_minor` in `Cancelled`.
 #[test]
-#[ignore = "src bug: a failed refund of a late payment leaves a settled cancelled order holding money"]
+
 fn cancelled_order_never_settles_holding_money() {
     let request = NewOrderRequest {
         customer_id: "c-1".into(),

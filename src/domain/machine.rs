@@ -261,7 +261,11 @@ fn transition(
                 }
                 effects.push(Effect::Emit(OrderEvent::OrderCancelled));
                 let amount = refundable_minor(order);
-                start_refund(order, amount, now, effects);
+                if amount > 0 {
+                    start_refund(order, amount, now, effects);
+                } else {
+                    order.status = OrderStatus::Cancelled;
+                }
             }
             _ => return Err(illegal(order, command)),
         },
@@ -305,14 +309,23 @@ fn transition(
                 }
                 RefundResult::Failed { reason } => {
                     order.refunds[index].status = RefundStatus::Failed;
-                    order.status = refund.resume_status;
+                    // Never settle into a terminal state while holding the customer's money
+                    // (e.g. the refund of a late payment on a cancelled order failed).
+                    order.status = if refund.resume_status.is_terminal() {
+                        OrderStatus::OnHold
+                    } else {
+                        refund.resume_status
+                    };
                     order.notes_mut().reason = Some(reason.as_str().into());
                     effects.push(Effect::Emit(OrderEvent::RefundFailed));
                 }
             }
         }
         Command::ReleaseHold => {
-            if order.status != OrderStatus::OnHold {
+            // Only an order that really holds its full total may continue as paid.
+            if order.status != OrderStatus::OnHold
+                || order.paid_minor - order.refunded_minor < order.header.total_minor
+            {
                 return Err(illegal(order, command));
             }
             order.status = OrderStatus::Paid;
@@ -369,24 +382,32 @@ fn record_payment(
             currency,
         } => {
             attempt.status = AttemptStatus::Succeeded;
-            order.paid_minor = order.paid_minor.saturating_add(*amount_minor);
+            let amount = *amount_minor;
+            let same_currency = *currency == order.header.currency;
+            if amount <= 0 || !same_currency {
+                // Money of an unexpected sign or currency moved (or did not): a human must
+                // look. It is not counted as paid, so it can never be refunded automatically.
+                order.status = OrderStatus::OnHold;
+                order.notes_mut().reason = Some("gateway amount or currency mismatch".into());
+                disarm_payment_timers(order, effects);
+                effects.push(Effect::Emit(OrderEvent::OrderHeld));
+                return Ok(());
+            }
+            order.paid_minor = order.paid_minor.saturating_add(amount);
             if processing {
-                if *amount_minor == order.header.total_minor && *currency == order.header.currency {
+                let event = if amount == order.header.total_minor {
                     order.status = OrderStatus::Paid;
-                    disarm_payment_timers(order, effects);
-                    effects.push(Effect::Emit(OrderEvent::OrderPaid));
+                    OrderEvent::OrderPaid
                 } else {
                     order.status = OrderStatus::OnHold;
-                    order.notes_mut().reason = Some("gateway amount or currency mismatch".into());
-                    disarm_payment_timers(order, effects);
-                    effects.push(Effect::Emit(OrderEvent::OrderHeld));
-                }
+                    order.notes_mut().reason = Some("gateway amount mismatch".into());
+                    OrderEvent::OrderHeld
+                };
+                disarm_payment_timers(order, effects);
+                effects.push(Effect::Emit(event));
             } else {
                 // A late success on a cancelled (or otherwise moved-on) order: give it back.
-                let amount = *amount_minor;
-                if amount > 0 {
-                    start_refund(order, amount, now, effects);
-                }
+                start_refund(order, amount, now, effects);
             }
         }
         PaymentResult::Declined { hard, reason } => {
@@ -429,10 +450,9 @@ fn record_payment(
         PaymentResult::NeedsReview { reason } => {
             attempt.status = AttemptStatus::NeedsReview;
             order.notes_mut().reason = Some(reason.as_str().into());
-            if processing {
-                order.status = OrderStatus::OnHold;
-                effects.push(Effect::Emit(OrderEvent::OrderHeld));
-            }
+            // Money may have moved, even on a cancelled order: never settle silently.
+            order.status = OrderStatus::OnHold;
+            effects.push(Effect::Emit(OrderEvent::OrderHeld));
         }
     }
     Ok(())

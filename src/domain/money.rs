@@ -127,14 +127,40 @@ impl Money {
         Ok(money)
     }
 
-    /// Parses a decimal string such as `"19.99"` (no exponent notation, no thousands separators).
+    /// Parses a plain decimal string such as `"19.99"` or `"-5"`: an optional minus, digits,
+    /// optionally a dot and more digits. No exponent notation, separators, `+` or bare `.5`;
+    /// more decimals than the currency allows is refused, never rounded.
     pub fn parse(amount: &str, currency: Currency) -> Result<Money, MoneyError> {
-        if amount.is_empty() || amount.len() > 40 {
-            return Err(MoneyError::Malformed(amount.chars().take(40).collect()));
+        let malformed = || MoneyError::Malformed(amount.chars().take(40).collect());
+        let digits = amount.strip_prefix('-').unwrap_or(amount);
+        let (whole, fraction) = match digits.split_once('.') {
+            Some((whole, fraction)) => (whole, Some(fraction)),
+            None => (digits, None),
+        };
+        let all_digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !all_digits(whole) || fraction.is_some_and(|f| !all_digits(f)) {
+            return Err(malformed());
         }
-        let value: Decimal = amount
-            .parse()
-            .map_err(|_| MoneyError::Malformed(amount.chars().take(40).collect()))?;
+        // Trailing zeros are not precision: "2.50" is fine in USD, and so is "2.5000".
+        let fraction = fraction.map(|f| f.trim_end_matches('0'));
+        let decimals = fraction.map_or(0, str::len) as u32;
+        if decimals > currency.exponent() {
+            return Err(MoneyError::TooManyDecimals {
+                currency,
+                allowed: currency.exponent(),
+                found: decimals,
+            });
+        }
+        // Beyond 18 significant integer digits nothing fits the engine's range anyway.
+        if whole.trim_start_matches('0').len() > 18 {
+            return Err(MoneyError::OutOfRange);
+        }
+        let sign = if digits.len() < amount.len() { "-" } else { "" };
+        let canonical = match fraction {
+            Some(f) if !f.is_empty() => format!("{sign}{whole}.{f}"),
+            _ => format!("{sign}{whole}"),
+        };
+        let value = Decimal::from_str_exact(&canonical).map_err(|_| MoneyError::OutOfRange)?;
         Money::new(value, currency)
     }
 
