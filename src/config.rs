@@ -51,6 +51,64 @@ pub struct Settings {
     pub store: StoreSettings,
     /// Order timing rules.
     pub orders: OrderSettings,
+    /// HTTP edge.
+    pub api: ApiSettings,
+    /// Redis Stream ingestion.
+    pub ingest: IngestSettings,
+}
+
+/// HTTP edge (`orderly serve`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSettings {
+    /// Listen address; port 0 picks a free port (the bound address is logged).
+    pub listen: String,
+    /// Bearer tokens allowed on write endpoints; empty means no auth, and then `serve` only
+    /// binds loopback addresses.
+    pub keys: Vec<String>,
+    /// Whether `/healthz`, `/readyz` and `/metrics` are open without a key.
+    pub public_health: bool,
+    /// Tenant used to derive order ids from idempotency keys.
+    pub tenant: String,
+    /// Largest JSON body of a single request.
+    pub body_bytes_max: usize,
+    /// Largest bulk NDJSON body.
+    pub bulk_body_bytes_max: u64,
+    /// Longest NDJSON line.
+    pub bulk_line_bytes_max: usize,
+    /// Most lines in one bulk request.
+    pub bulk_lines_max: u64,
+    /// Lines handed to the engine per call while streaming a bulk body.
+    pub bulk_batch_size: usize,
+    /// How long a single request may wait for its durable answer.
+    pub request_timeout_ms: u64,
+    /// Worker threads of the HTTP server (0: one per core).
+    pub workers: usize,
+}
+
+/// Redis Stream ingestion: several engine processes share one bulk stream through a
+/// consumer group.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSettings {
+    /// Whether `serve` consumes the stream.
+    pub enabled: bool,
+    /// Redis URL of the stream (defaults to the store's when empty).
+    pub url: String,
+    /// Stream key holding orders (field `order`: the JSON order).
+    pub stream: String,
+    /// Consumer group.
+    pub group: String,
+    /// This consumer's name (unique per process).
+    pub consumer: String,
+    /// Entries per XREADGROUP.
+    pub batch_size: usize,
+    /// XREADGROUP BLOCK time.
+    pub block_ms: u64,
+    /// Entries pending longer than this on a dead consumer are reclaimed (XAUTOCLAIM).
+    pub claim_idle_ms: u64,
+    /// Stream that receives rejected entries with their reason.
+    pub dead_letter_stream: String,
 }
 
 /// Actor topology and bounds.
