@@ -3,8 +3,9 @@
 //! Keys are `<prefix>:{<shard>}:order:<uuid>`; the `{<shard>}` hash tag keeps one shard's keys
 //! in one Redis Cluster slot, so a shard's batch can be one script call. Each batch is one
 //! `EVALSHA` of a compare-and-set script (as Orleans' Redis grain storage does): for every
-//! order it checks the stored version, writes the new snapshot and appends the order's events
-//! to the shard's capped outbox stream `<prefix>:{<shard>}:events`, all atomically.
+//! order it checks the stored version and writes the new snapshot, then appends the events of
+//! the written orders to the shard's capped outbox stream `<prefix>:{<shard>}:events` as one
+//! entry per batch (field `<order-id>:<version>`, value the event name), all atomically.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,33 +20,39 @@ use crate::domain::OrderId;
 /// Compare-and-set of a batch of snapshots plus their outbox events.
 /// KEYS[1] = outbox stream, KEYS[2..] = order keys.
 /// ARGV[1] = stream MAXLEN (0: no outbox), then per order: expected version, new version,
-/// snapshot bytes, event count, event names.
+/// snapshot bytes, event count n, then n pairs (`<order-id>:<version>`, event name).
 /// Returns one integer per order: -1 written, otherwise the stored version (a conflict).
+///
+/// Events of all written orders go into ONE stream entry per batch (field = order:version,
+/// value = event name, in commit order): each `redis.call` costs about 2 µs of script overhead,
+/// and one XADD per order was a third of the script's time.
 const WRITE_BATCH_LUA: &str = r#"
 local maxlen = tonumber(ARGV[1])
-local stream = KEYS[1]
 local results = {}
+local events = {}
 local a = 2
 for i = 2, #KEYS do
   local key = KEYS[i]
-  local expected = tonumber(ARGV[a])
-  local version = ARGV[a + 1]
-  local events = tonumber(ARGV[a + 3])
+  local n = tonumber(ARGV[a + 3])
   local stored = tonumber(redis.call('HGET', key, 'v') or '0')
-  if stored == expected then
-    redis.call('HSET', key, 'v', version, 's', ARGV[a + 2])
-    if maxlen > 0 then
-      local id = string.sub(key, -36)
-      for j = 1, events do
-        redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*',
-          'order', id, 'version', version, 'event', ARGV[a + 3 + j])
-      end
+  if stored == tonumber(ARGV[a]) then
+    redis.call('HSET', key, 'v', ARGV[a + 1], 's', ARGV[a + 2])
+    for j = 1, 2 * n do
+      events[#events + 1] = ARGV[a + 3 + j]
     end
     results[i - 1] = -1
   else
     results[i - 1] = stored
   end
-  a = a + 4 + events
+  a = a + 4 + 2 * n
+end
+if maxlen > 0 then
+  -- unpack() is bounded by Lua's C stack: append in chunks.
+  local chunk = 4000
+  for first = 1, #events, chunk do
+    local last = math.min(first + chunk - 1, #events)
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(events, first, last))
+  end
 end
 return results
 "#;
@@ -171,8 +178,9 @@ impl SnapshotStore for RedisStore {
                     .arg(write.version)
                     .arg(&write.bytes[..])
                     .arg(write.events.len());
+                let field = format!("{}:{}", write.order_id, write.version);
                 for event in &write.events {
-                    invocation.arg(*event);
+                    invocation.arg(&field).arg(*event);
                 }
             }
             let results: Vec<i64> = RedisStore::with_timeout(timeout_ms, async {
