@@ -17,15 +17,56 @@ use crate::domain::{
 use crate::gateway::ChargeRequest;
 use crate::store::{snapshot, StoreError};
 
+/// The actor's copy of its order. Hot (decoded, shared with answers) while it can still change;
+/// cold (its ~200-byte snapshot instead of ~600 bytes of structs) once settled, because a settled
+/// order is only ever read again and live sets are measured in millions.
+enum OrderState {
+    Absent,
+    Hot(Arc<Order>),
+    Cold(Box<[u8]>),
+}
+
+impl OrderState {
+    fn from_order(order: Arc<Order>, bytes: Option<&[u8]>) -> OrderState {
+        match bytes {
+            Some(bytes) if order.is_settled() => OrderState::Cold(bytes.into()),
+            _ => OrderState::Hot(order),
+        }
+    }
+
+    /// The decoded order (decoding a cold one on demand).
+    fn materialize(&self) -> Result<Option<Arc<Order>>, StoreError> {
+        match self {
+            OrderState::Absent => Ok(None),
+            OrderState::Hot(order) => Ok(Some(Arc::clone(order))),
+            OrderState::Cold(bytes) => snapshot::decode(bytes)
+                .map(|order| Some(Arc::new(order)))
+                .map_err(|e| StoreError::Corrupt(e.to_string())),
+        }
+    }
+
+    fn exists(&self) -> bool {
+        !matches!(self, OrderState::Absent)
+    }
+
+    fn settled(&self) -> bool {
+        match self {
+            OrderState::Absent => false,
+            OrderState::Hot(order) => order.is_settled(),
+            OrderState::Cold(_) => true,
+        }
+    }
+}
+
 /// The actor owning one order.
 pub struct OrderActor {
     id: OrderId,
     core: Rc<ShardCore>,
-    order: Option<Arc<Order>>,
+    order: OrderState,
     incarnation: u32,
     /// Set when the last load failed; every request then fails (retryable) and the shard
-    /// reloads the actor.
-    load_error: Option<StoreError>,
+    /// reloads the actor. Boxed: it is rare, and every live order pays for its size.
+    load_error: Option<Box<StoreError>>,
     /// True until the first load finished (or when created for a fresh id: nothing to load).
     needs_load: bool,
 }
@@ -40,7 +81,7 @@ impl OrderActor {
         OrderActor {
             id,
             core,
-            order: None,
+            order: OrderState::Absent,
             incarnation,
             load_error: None,
             needs_load: !fresh,
@@ -55,16 +96,18 @@ impl OrderActor {
             match result {
                 Ok(Some(bytes)) => match snapshot::decode(&bytes) {
                     Ok(order) => {
-                        actor.order = Some(Arc::new(order));
+                        actor.order = OrderState::from_order(Arc::new(order), Some(&bytes));
                         actor.load_error = None;
                     }
-                    Err(error) => actor.load_error = Some(StoreError::Corrupt(error.to_string())),
+                    Err(error) => {
+                        actor.load_error = Some(Box::new(StoreError::Corrupt(error.to_string())))
+                    }
                 },
                 Ok(None) => {
-                    actor.order = None;
+                    actor.order = OrderState::Absent;
                     actor.load_error = None;
                 }
-                Err(error) => actor.load_error = Some(error),
+                Err(error) => actor.load_error = Some(Box::new(error)),
             }
         }));
     }
@@ -85,24 +128,31 @@ impl OrderActor {
             events: Default::default(),
             charges: Default::default(),
             result,
-            exists: self.order.is_some(),
-            settled: self.order.as_ref().is_some_and(|o| o.is_settled()),
+            exists: self.order.exists(),
+            settled: self.order.settled(),
             reload: false,
             resend: false,
         }
     }
 
     fn handle_request(&mut self, token: usize, request: Request, forwarded: bool) -> CommitEntry {
-        if let Some(error) = &self.load_error {
-            let mut entry = self.entry(token, forwarded, Err(EngineError::Store(error.clone())));
-            entry.reload = true;
-            return entry;
-        }
+        let materialized = match &self.load_error {
+            Some(error) => Err((**error).clone()),
+            None => self.order.materialize(),
+        };
+        let current_order = match materialized {
+            Ok(order) => order,
+            Err(error) => {
+                let mut entry = self.entry(token, forwarded, Err(EngineError::Store(error)));
+                entry.reload = true;
+                return entry;
+            }
+        };
         let envelope = match request {
             Request::Read => {
-                let result = match &self.order {
+                let result = match current_order {
                     Some(order) => Ok(CommandOutcome {
-                        order: Arc::clone(order),
+                        order,
                         duplicate: false,
                     }),
                     None => Err(EngineError::Rejected(Rejection::OrderNotFound(self.id))),
@@ -113,7 +163,7 @@ impl OrderActor {
         };
         let now = Timestamp::now();
         let policy = self.core.policy;
-        let current = self.order.as_deref();
+        let current = current_order.as_deref();
         let id = self.id;
         // A panic inside the pure domain or the codec is a bug; catch it here so it costs one
         // answer and a reload, never the arbiter thread and its other orders.
@@ -138,7 +188,7 @@ impl OrderActor {
                 self.entry(token, forwarded, Err(EngineError::Rejected(rejection)))
             }
             Ok(Ok((applied, None))) => {
-                let order = match &self.order {
+                let order = match &current_order {
                     Some(current) => Arc::clone(current),
                     None => Arc::new(applied.order),
                 };
@@ -164,7 +214,7 @@ impl OrderActor {
                 entry
             }
             Ok(Ok((applied, Some(bytes)))) => {
-                let expected_version = self.order.as_ref().map_or(0, |o| o.version);
+                let expected_version = current_order.as_ref().map_or(0, |o| o.version);
                 let mut entry = self.entry(token, forwarded, Err(EngineError::Stopped));
                 entry.write = Some(PendingWrite {
                     expected_version,
@@ -206,7 +256,8 @@ impl OrderActor {
                     order: Arc::clone(&order),
                     duplicate: false,
                 });
-                self.order = Some(order);
+                self.order =
+                    OrderState::from_order(order, entry.write.as_ref().map(|w| &w.bytes[..]));
                 entry
             }
         };
@@ -239,7 +290,7 @@ impl Handler<Reload> for OrderActor {
 
     fn handle(&mut self, message: Reload, ctx: &mut Context<Self>) {
         self.incarnation = message.incarnation;
-        self.order = None;
+        self.order = OrderState::Absent;
         self.load_error = None;
         self.load(ctx);
     }
