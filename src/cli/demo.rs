@@ -38,6 +38,10 @@ pub struct DemoArgs {
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     pub json: bool,
+    /// Stop each order's lifecycle after this step (place, pay, ship or deliver), e.g. to
+    /// measure placement alone or the memory of orders that are still in flight.
+    #[arg(long, value_parser = ["place", "pay", "ship", "deliver"], default_value = "deliver")]
+    pub until: String,
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -93,13 +97,13 @@ pub struct Percentiles {
 pub struct DemoReport {
     /// Orders attempted.
     pub orders: u64,
-    /// Orders that reached Completed.
+    /// Orders that completed every requested step (`--until`, by default through Completed).
     pub completed: u64,
     /// Orders that did not (a step was refused or failed).
     pub rejected: u64,
     /// Wall time.
     pub elapsed_s: f64,
-    /// Completed lifecycles per second.
+    /// Completed lifecycles (through the `--until` step) per second.
     pub orders_per_sec: f64,
     /// Acknowledged commands per second (a lifecycle is 4 client commands; `pay` includes the
     /// gateway verdict, itself a durable command).
@@ -114,6 +118,8 @@ pub struct DemoReport {
     pub payment_success_rate_r: f64,
     /// Store kind.
     pub store: &'static str,
+    /// Last lifecycle step run (`--until`).
+    pub until: String,
     /// Logical shards.
     pub shards: u32,
     /// Arbiter threads.
@@ -202,7 +208,13 @@ async fn run_batch(
 type Step = (usize, fn(OrderId) -> Command, OrderStatus);
 
 /// Runs one batch of orders through the lifecycle.
-async fn lifecycle(engine: &Engine, tally: &RefCell<Tally>, first: u64, count: u64) {
+async fn lifecycle(
+    engine: &Engine,
+    tally: &RefCell<Tally>,
+    first: u64,
+    count: u64,
+    last_step: usize,
+) {
     let ids: Vec<OrderId> = (0..count).map(|_| OrderId::new()).collect();
     let place = ids
         .iter()
@@ -236,6 +248,9 @@ async fn lifecycle(engine: &Engine, tally: &RefCell<Tally>, first: u64, count: u
         (3, |_| Command::ConfirmDelivery, OrderStatus::Completed),
     ];
     for (step, make, expected) in steps {
+        if step > last_step {
+            break;
+        }
         let items = alive
             .iter()
             .map(|id| BatchItem::command(*id, make(*id)))
@@ -279,6 +294,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let tally = Rc::new(RefCell::new(Tally::new()?));
     let next = Rc::new(Cell::new(0_u64));
     let batch = args.batch.clamp(1, 100_000) as u64;
+    let last_step = STEPS
+        .iter()
+        .position(|s| *s == args.until)
+        .unwrap_or(STEPS.len() - 1);
     let progress = indicatif::ProgressBar::new(args.orders);
     progress.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} orders {per_sec} eta {eta}")
@@ -302,7 +321,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
                 }
                 let count = batch.min(total - first);
                 next.set(first + count);
-                lifecycle(&engine, &tally, first, count).await;
+                lifecycle(&engine, &tally, first, count, last_step).await;
                 progress.inc(count);
             }
         }));
@@ -339,6 +358,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
             0.0
         },
         store: store.kind(),
+        until: args.until.clone(),
         shards: settings.engine.shards,
         arbiters: settings.arbiter_count(),
         live_orders,
