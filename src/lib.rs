@@ -7,6 +7,8 @@
 //! - [`engine`]: actors: the cloneable [`engine::Engine`] handle, shard actors (routing,
 //!   activation, passivation, supervision, group commit) and one order actor per live order.
 //! - [`gateway`]: payment gateways (the in-process simulated gateway actor).
+//! - [`ingest`]: bulk ingestion from a Redis Stream consumer group (acknowledged after
+//!   persistence, dead letters for invalid entries).
 //! - [`config`]: layered settings (TOML file + `ORDERLY__SECTION__KEY` environment).
 //! - [`telemetry`]: every metric name, description and histogram bucket.
 //! - [`wire`]: the JSON shape of an order for clients.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod gateway;
+pub mod ingest;
 pub mod store;
 pub mod telemetry;
 pub mod wire;

@@ -213,3 +213,34 @@ pub(crate) fn record_overload() {
 pub fn record_payment_attempts(gateway: &'static str, outcome: &'static str, n: u64) {
     counter!(PAYMENT_ATTEMPTS_TOTAL, "gateway" => gateway, "outcome" => outcome).increment(n);
 }
+
+/// Redis Stream entries handled by the ingest consumer, by `outcome` (`accepted`,
+/// `duplicate`, `dead_lettered`, `retry`: left pending after a retryable failure).
+pub const INGEST_ENTRIES_TOTAL: &str = "orderly_ingest_entries_total";
+/// Time to handle one batch of stream entries: placement, dead letters and acknowledgement.
+pub const INGEST_BATCH_SECONDS: &str = "orderly_ingest_batch_duration_seconds";
+
+/// Registers the ingest metrics' descriptions with the installed recorder (called when a
+/// stream consumer starts; describing twice is harmless).
+pub(crate) fn describe_ingest() {
+    describe_counter!(
+        INGEST_ENTRIES_TOTAL,
+        Unit::Count,
+        "Redis Stream entries handled by the ingest consumer, by outcome."
+    );
+    describe_histogram!(
+        INGEST_BATCH_SECONDS,
+        Unit::Seconds,
+        "Time to place, dead-letter and acknowledge one batch of stream entries."
+    );
+}
+
+/// Records one ingest batch: the count per outcome (zero counts are skipped) and its duration.
+pub(crate) fn record_ingest_batch(outcomes: [(&'static str, u64); 4], seconds: f64) {
+    for (outcome, n) in outcomes {
+        if n > 0 {
+            counter!(INGEST_ENTRIES_TOTAL, "outcome" => outcome).increment(n);
+        }
+    }
+    histogram!(INGEST_BATCH_SECONDS).record(seconds);
+}
