@@ -12,8 +12,10 @@
 //! - [`config`]: layered settings (TOML file + `ORDERLY__SECTION__KEY` environment).
 //! - [`telemetry`]: every metric name, description and histogram bucket.
 //! - [`wire`]: the JSON shape of an order for clients.
-//! - [`cli`]: the `orderly` command line (`demo`, `inspect`).
+//! - [`api`]: the HTTP edge (actix-web): orders, bulk NDJSON, health, metrics, OpenAPI.
+//! - [`cli`]: the `orderly` command line (`serve`, `demo`, `inspect`).
 
+pub mod api;
 pub mod cli;
 pub mod config;
 pub mod domain;

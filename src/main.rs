@@ -6,7 +6,7 @@ use clap::Parser;
 // glibc malloc spent ~25% of CPU in arena locks and consolidation in the demo profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use orderly::cli::{demo, inspect, Cli, CliCommand};
+use orderly::cli::{demo, inspect, serve, Cli, CliCommand};
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
     let system = actix_rt::System::new();
     system.block_on(async move {
         match cli.command {
+            CliCommand::Serve(args) => serve::run(args).await,
             CliCommand::Demo(args) => {
                 let json = args.json;
                 let report = demo::run(args).await?;

@@ -38,10 +38,23 @@ pub const OVERLOAD_REJECTIONS_TOTAL: &str = "orderly_overload_rejections_total";
 pub const PAYMENT_ATTEMPTS_TOTAL: &str = "orderly_payment_attempts_total";
 /// Outbox events appended, by store.
 pub const EVENTS_TOTAL: &str = "orderly_outbox_events_total";
+/// HTTP requests answered, by `route` pattern (`/v1/orders/{id}`, never a concrete id) and
+/// `status` class (`2xx`, `4xx`, `5xx`).
+pub const HTTP_REQUESTS_TOTAL: &str = "orderly_http_requests_total";
+/// HTTP latency until the response head, by `route` pattern (a streamed bulk body is not
+/// included: its length depends on the client).
+pub const HTTP_REQUEST_SECONDS: &str = "orderly_http_request_duration_seconds";
+/// Lines of bulk NDJSON requests, by `status` (`accepted`, `rejected`).
+pub const BULK_LINES_TOTAL: &str = "orderly_bulk_lines_total";
 
 /// Buckets for commit batch latency, seconds (50 µs .. 2.5 s).
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
+];
+/// Buckets for HTTP latency, seconds (100 µs .. 10 s; the top matches the request timeout).
+pub const HTTP_SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0,
 ];
 /// Buckets for batch sizes.
 pub const BATCH_SIZE_BUCKETS: &[f64] = &[
@@ -112,6 +125,21 @@ pub fn describe() {
         Unit::Count,
         "Outbox events written with snapshots."
     );
+    describe_counter!(
+        HTTP_REQUESTS_TOTAL,
+        Unit::Count,
+        "HTTP requests answered, by route pattern and status class."
+    );
+    describe_histogram!(
+        HTTP_REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP latency until the response head, by route pattern."
+    );
+    describe_counter!(
+        BULK_LINES_TOTAL,
+        Unit::Count,
+        "Bulk NDJSON lines, by status (accepted, rejected)."
+    );
 }
 
 /// Installs the Prometheus recorder with this module's buckets; returns the handle that renders
@@ -127,6 +155,12 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
             b.set_buckets_for_metric(
                 Matcher::Full(COMMIT_BATCH_SIZE.to_string()),
                 BATCH_SIZE_BUCKETS,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(HTTP_REQUEST_SECONDS.to_string()),
+                HTTP_SECONDS_BUCKETS,
             )
         })
         .map_err(|e| e.to_string())?
@@ -212,6 +246,29 @@ pub(crate) fn record_overload() {
 /// Records payment attempt outcomes of one gateway batch.
 pub fn record_payment_attempts(gateway: &'static str, outcome: &'static str, n: u64) {
     counter!(PAYMENT_ATTEMPTS_TOTAL, "gateway" => gateway, "outcome" => outcome).increment(n);
+}
+
+/// Records one answered HTTP request; `route` is the matched pattern, never a concrete path.
+pub(crate) fn record_http_request(route: String, status: u16, seconds: f64) {
+    let class = match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    };
+    histogram!(HTTP_REQUEST_SECONDS, "route" => route.clone()).record(seconds);
+    counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => class).increment(1);
+}
+
+/// Records the lines of one bulk batch (once per batch, not per line).
+pub(crate) fn record_bulk_lines(accepted: u64, rejected: u64) {
+    if accepted > 0 {
+        counter!(BULK_LINES_TOTAL, "status" => "accepted").increment(accepted);
+    }
+    if rejected > 0 {
+        counter!(BULK_LINES_TOTAL, "status" => "rejected").increment(rejected);
+    }
 }
 
 /// Redis Stream entries handled by the ingest consumer, by `outcome` (`accepted`,

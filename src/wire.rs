@@ -7,7 +7,7 @@ use crate::domain::money::format_amount;
 use crate::domain::{Money, Order};
 
 /// An amount with its currency: `{"amount":"39.98","currency":"USD"}`.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AmountView {
     /// Decimal string with the currency's number of decimals.
     pub amount: String,
@@ -25,7 +25,7 @@ impl From<Money> for AmountView {
 }
 
 /// One line item.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ItemView {
     /// SKU.
     pub sku: String,
@@ -36,7 +36,7 @@ pub struct ItemView {
 }
 
 /// One payment attempt.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct AttemptView {
     /// 1-based number.
     pub attempt_no: u16,
@@ -51,7 +51,7 @@ pub struct AttemptView {
 }
 
 /// An order as returned by the API and the CLI.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderView {
     /// Id.
     pub order_id: String,

@@ -1,8 +1,10 @@
-//! The `orderly` command line: `demo` runs orders through their whole lifecycle in-process and
-//! reports throughput and latency; `inspect` prints one stored order.
+//! The `orderly` command line: `serve` runs the engine behind its HTTP edge; `demo` runs orders
+//! through their whole lifecycle in-process and reports throughput and latency; `inspect` prints
+//! one stored order.
 
 pub mod demo;
 pub mod inspect;
+pub mod serve;
 
 use std::path::PathBuf;
 
@@ -50,6 +52,8 @@ impl CommonArgs {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum CliCommand {
+    /// Serve the HTTP API (orders, bulk NDJSON, health, metrics) until SIGTERM/ctrl-c.
+    Serve(serve::ServeArgs),
     /// Run N orders through place → pay → ship → deliver in-process and report.
     Demo(demo::DemoArgs),
     /// Print one stored order as JSON.

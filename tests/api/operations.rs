@@ -1,0 +1,84 @@
+//! Health, readiness, Prometheus metrics, the OpenAPI document and the dashboard.
+
+use serde_json::Value;
+
+use crate::app::{order_json, spawn_app};
+
+#[actix_web::test]
+async fn health_and_readiness() {
+    let app = spawn_app().await;
+    let health = app.get("/healthz").await;
+    assert_eq!(health.status(), 200);
+    let ready = app.get("/readyz").await;
+    assert_eq!(ready.status(), 200);
+    let ready: Value = ready.json().await.expect("JSON");
+    assert_eq!(ready["store"], "memory");
+}
+
+#[actix_web::test]
+async fn metrics_count_requests_by_route_and_status() {
+    let app = spawn_app().await;
+    app.place(1).await;
+    let _ = app.get("/v1/orders/not-an-id").await;
+    let _ = app
+        .post_raw(
+            "/v1/orders/bulk",
+            "application/x-ndjson",
+            format!("{}\n{{\n", order_json(2)).into_bytes(),
+        )
+        .await
+        .text()
+        .await;
+    let metrics = app.get("/metrics").await;
+    assert_eq!(metrics.status(), 200);
+    let text = metrics.text().await.expect("text");
+    for expected in [
+        r#"orderly_http_requests_total{route="/v1/orders",status="2xx"}"#,
+        r#"orderly_http_requests_total{route="/v1/orders/{id}",status="4xx"}"#,
+        r#"orderly_bulk_lines_total{status="accepted"}"#,
+        r#"orderly_bulk_lines_total{status="rejected"}"#,
+        "orderly_http_request_duration_seconds_bucket",
+        "orderly_commands_total",
+    ] {
+        assert!(text.contains(expected), "missing {expected} in\n{text}");
+    }
+}
+
+#[actix_web::test]
+async fn the_openapi_document_lists_the_real_routes() {
+    let app = spawn_app().await;
+    let response = app.get("/openapi.json").await;
+    assert_eq!(response.status(), 200);
+    let doc: Value = response.json().await.expect("JSON");
+    let paths = doc["paths"].as_object().expect("paths");
+    for path in [
+        "/v1/orders",
+        "/v1/orders/bulk",
+        "/v1/orders/{id}",
+        "/v1/orders/{id}/pay",
+        "/v1/orders/{id}/ship",
+        "/v1/orders/{id}/deliver",
+        "/v1/orders/{id}/cancel",
+        "/v1/orders/{id}/refund",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+    ] {
+        assert!(paths.contains_key(path), "missing {path}");
+    }
+    assert!(doc["components"]["schemas"]["OrderView"].is_object());
+    assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
+}
+
+#[actix_web::test]
+async fn the_dashboard_is_html() {
+    let app = spawn_app().await;
+    let page = app.get("/").await;
+    assert_eq!(page.status(), 200);
+    assert!(page
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html")));
+    assert!(page.text().await.expect("text").contains("/metrics"));
+}
