@@ -1,0 +1,23 @@
+//! `orderly-load`: the outside load client for Orderly. It speaks only Orderly's public HTTP
+//! API and depends on none of its crates, so what it measures is what a client sees.
+//!
+//! It is an *open-model* generator: arrivals follow a fixed-rate schedule whatever the server
+//! does, and every latency is measured from the arrival's *intended* time, so a stalled server
+//! shows up as latency instead of silently lowering the offered load (coordinated omission).
+//!
+//! Map of the crate:
+//! - [`target`]: the base URL, refused unless it is a loopback address.
+//! - [`schedule`]: the fixed-rate schedule of intended send times.
+//! - [`scenario`]: scenario files (TOML): which requests one arrival makes.
+//! - `payload`: request bodies (orders, NDJSON batches), deterministic per arrival.
+//! - `client`: the HTTP calls and how their answers are classified.
+//! - [`report`]: HdrHistogram latencies per request kind, counts, the human and JSON reports.
+//! - [`runner`]: the load loop: schedule, bounded concurrency, progress line.
+
+pub(crate) mod client;
+pub(crate) mod payload;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod schedule;
+pub mod target;

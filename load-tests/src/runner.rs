@@ -1,0 +1,208 @@
+//! The load loop. A single scheduler task sleeps until the next intended time and then starts
+//! every arrival that is due (after a hiccup of its own, that is all the missed ones, each with
+//! its own intended time). Each arrival runs as its own task holding one of `max_in_flight`
+//! permits; an arrival due while all permits are taken is not sent and is counted as
+//! `dropped`, so the offered load stays honest and the client's memory stays bounded.
+//!
+//! Latency of an arrival's first request is measured from its intended time, so time spent
+//! waiting to be sent (a slow server holding connections, a busy client) is part of it. A
+//! later step of a multi-step scenario depends on the previous answer, so its clock starts
+//! when that answer arrived; the `flow` latency covers the whole arrival from its intended
+//! time. The timer has a resolution of about 1 ms, which bounds how early a latency can look.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::bail;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::client::{Answer, Api};
+use crate::payload::{bulk_body, order_json};
+use crate::report::{Recorder, Report, RunFacts};
+use crate::scenario::{Scenario, Step};
+use crate::schedule::Schedule;
+use crate::target::Target;
+
+/// Largest accepted `--max-in-flight`.
+pub const MAX_IN_FLIGHT_MAX: usize = 100_000;
+/// Longest accepted per-request timeout.
+pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(300);
+/// Extra time granted after the schedule for outstanding arrivals, beyond their own timeouts.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Everything a run needs.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Where to send load (loopback only).
+    pub target: Target,
+    /// What each arrival does.
+    pub scenario: Scenario,
+    /// Arrivals per second.
+    pub rate_per_sec: u64,
+    /// Length of the schedule.
+    pub duration: Duration,
+    /// Most arrivals outstanding at once.
+    pub max_in_flight: usize,
+    /// Timeout of each request.
+    pub request_timeout: Duration,
+    /// Bearer token for Orderly's write endpoints.
+    pub api_key: Option<String>,
+    /// Print a progress line on stderr every second.
+    pub progress: bool,
+}
+
+struct Shared {
+    api: Api,
+    scenario: Scenario,
+    recorder: Mutex<Recorder>,
+    /// Requests sent so far (all steps), for the progress line.
+    sent: AtomicU64,
+    /// Arrivals started and not yet finished.
+    in_flight: AtomicU64,
+}
+
+impl Shared {
+    fn recorder(&self) -> MutexGuard<'_, Recorder> {
+        // A panic while holding the lock cannot leave the counts inconsistent in a way that
+        // matters for a report, so keep counting.
+        self.recorder.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs the schedule against the target and returns the report. Stops by itself: after the
+/// schedule, outstanding arrivals get their request timeouts plus a grace period.
+pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
+    let schedule = Schedule::new(config.rate_per_sec, config.duration)?;
+    if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT_MAX {
+        bail!("--max-in-flight must be 1..={MAX_IN_FLIGHT_MAX}");
+    }
+    if config.request_timeout.is_zero() || config.request_timeout > REQUEST_TIMEOUT_MAX {
+        bail!("--timeout must be more than 0 and at most {REQUEST_TIMEOUT_MAX:?}");
+    }
+    let api = Api::new(
+        config.target.clone(),
+        config.api_key.as_deref(),
+        config.request_timeout,
+        config.max_in_flight,
+    )?;
+    let shared = Arc::new(Shared {
+        api,
+        recorder: Mutex::new(Recorder::new(&config.scenario)),
+        scenario: config.scenario.clone(),
+        sent: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
+    });
+    let permits = Arc::new(Semaphore::new(config.max_in_flight));
+    let start = Instant::now();
+
+    let progress = config.progress.then(|| {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let second = Duration::from_secs(1);
+            let mut tick = tokio::time::interval_at(start + second, second);
+            loop {
+                tick.tick().await;
+                let sent = shared.sent.load(Ordering::Relaxed);
+                let in_flight = shared.in_flight.load(Ordering::Relaxed);
+                let line = shared
+                    .recorder()
+                    .progress_line(start.elapsed(), sent, in_flight);
+                eprintln!("{line}");
+            }
+        })
+    });
+
+    let mut next = 0;
+    while next < schedule.total() {
+        let due = schedule.due(next, start.elapsed());
+        let (mut started, mut dropped) = (0, 0);
+        for n in due.clone() {
+            let intended = start + schedule.offset(n);
+            match Arc::clone(&permits).try_acquire_owned() {
+                Ok(permit) => {
+                    started += 1;
+                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(arrival(Arc::clone(&shared), n, intended, permit));
+                }
+                Err(_) => dropped += 1,
+            }
+        }
+        if started + dropped > 0 {
+            let mut recorder = shared.recorder();
+            recorder.started += started;
+            recorder.dropped += dropped;
+        }
+        next = due.end;
+        if next < schedule.total() {
+            tokio::time::sleep_until(start + schedule.offset(next)).await;
+        }
+    }
+
+    // Wait for every outstanding arrival: each of its steps is bounded by the request timeout.
+    let steps = config.scenario.steps.len() as u32;
+    let drain = config.request_timeout * steps + DRAIN_GRACE;
+    let all = config.max_in_flight as u32;
+    let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
+    let unfinished = shared.in_flight.load(Ordering::Relaxed);
+    let elapsed = start.elapsed();
+    if let Some(progress) = progress {
+        progress.abort();
+    }
+    let recorder = std::mem::replace(&mut *shared.recorder(), Recorder::new(&config.scenario));
+    Ok(recorder.into_report(RunFacts {
+        scenario: config.scenario.name.clone(),
+        target: config.target.base().to_string(),
+        rate_per_sec: config.rate_per_sec,
+        duration: config.duration,
+        max_in_flight: config.max_in_flight,
+        scheduled: schedule.total(),
+        unfinished,
+        elapsed,
+    }))
+}
+
+/// One arrival; it holds its permit until it has finished.
+async fn arrival(shared: Arc<Shared>, n: u64, intended: Instant, _permit: OwnedSemaphorePermit) {
+    run_steps(&shared, n, intended).await;
+    shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// The steps of one arrival in order, each only after the previous one succeeded.
+async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
+    let scenario = &shared.scenario;
+    let mut order_id: Option<String> = None;
+    let mut clock = intended;
+    for step in &scenario.steps {
+        let body = match step {
+            Step::Place => order_json(&scenario.order, n),
+            Step::Bulk => {
+                let lines = scenario.bulk.as_ref().map_or(1, |b| b.lines);
+                bulk_body(&scenario.order, n * lines as u64, lines)
+            }
+            Step::Ship => serde_json::json!({ "tracking_number": format!("T-{n}") }).to_string(),
+            Step::Pay | Step::Deliver | Step::Get => "{}".to_string(),
+        };
+        shared.sent.fetch_add(1, Ordering::Relaxed);
+        let answer = shared.api.send(*step, order_id.as_deref(), body).await;
+        let done = Instant::now();
+        shared
+            .recorder()
+            .record(*step, done.saturating_duration_since(clock), &answer);
+        match answer {
+            Answer::Ok {
+                order_id: Some(id), ..
+            } => order_id = Some(id),
+            Answer::Ok { .. } => {}
+            // Later steps need this one's effect; the arrival ends here.
+            Answer::Failed(_) => return,
+        }
+        clock = done;
+    }
+    if scenario.steps.len() > 1 {
+        shared
+            .recorder()
+            .record_flow(clock.saturating_duration_since(intended));
+    }
+}
