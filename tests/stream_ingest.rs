@@ -4,6 +4,7 @@ mod support;
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -466,4 +467,83 @@ async fn an_idempotency_key_places_one_order_and_refuses_a_different_payload() {
     );
     assert_ne!(first, replay);
     engine.stop();
+}
+
+/// A child process that is killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Whether the group exists, nothing is pending and `orders` orders are stored.
+fn settled(redis: &RedisServer, orders: usize) -> bool {
+    let pending = redis.command(&["XPENDING", STREAM, GROUP]);
+    let none_pending = pending
+        .as_array()
+        .and_then(|summary| summary.first())
+        .and_then(RespValue::as_int)
+        == Some(0);
+    none_pending && order_keys(redis).len() == orders
+}
+
+#[test]
+fn serve_consumes_the_stream_when_ingest_is_enabled() {
+    let redis = RedisServer::start();
+    let orders: Vec<String> = (0..50).map(order_json).collect();
+    xadd_orders(&redis, &orders);
+    let log = tempfile::NamedTempFile::new().expect("temp file for the server log");
+    let stderr = log.reopen().expect("server log file");
+    let child = Process::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", &redis.url()])
+        .env_remove("ORDERLY_LOG")
+        .env("ORDERLY__ENGINE__SHARDS", "8")
+        .env("ORDERLY__ENGINE__ARBITERS", "1")
+        .env("ORDERLY__API__WORKERS", "1")
+        .env("ORDERLY__INGEST__ENABLED", "true")
+        .env("ORDERLY__INGEST__STREAM", STREAM)
+        .env("ORDERLY__INGEST__GROUP", GROUP)
+        .env("ORDERLY__INGEST__DEAD_LETTER_STREAM", DEAD)
+        .env("ORDERLY__INGEST__BLOCK_MS", "100")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .expect("orderly serve starts");
+    let mut child = KillOnDrop(child);
+    let server_log = || std::fs::read_to_string(log.path()).unwrap_or_default();
+
+    let deadline = Instant::now() + WAIT;
+    while !settled(&redis, 50) {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            panic!("orderly serve exited ({status}):\n{}", server_log());
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stream was not consumed within {WAIT:?}:\n{}",
+            server_log()
+        );
+        std::thread::sleep(POLL);
+    }
+
+    // A graceful stop (SIGTERM) stops the consumer before the engine, and exits cleanly.
+    let pid = child.0.id().to_string();
+    let signalled = Process::new("kill").args(["-TERM", &pid]).status();
+    assert!(signalled.is_ok_and(|s| s.success()), "cannot signal {pid}");
+    let deadline = Instant::now() + WAIT;
+    let status = loop {
+        if let Ok(Some(status)) = child.0.try_wait() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "orderly serve did not stop within {WAIT:?}:\n{}",
+            server_log()
+        );
+        std::thread::sleep(POLL);
+    };
+    assert!(status.success(), "exit {status}:\n{}", server_log());
 }

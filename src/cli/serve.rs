@@ -4,7 +4,9 @@ use anyhow::Context;
 
 use super::CommonArgs;
 use crate::api::{self, Application};
+use crate::config::Settings;
 use crate::engine::Engine;
+use crate::ingest::{IngestHandle, StreamConsumer};
 
 /// Arguments of `serve`.
 #[derive(Debug, clap::Args)]
@@ -45,10 +47,48 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         shards = engine.shard_count(),
         "listening"
     );
+    let ingest = match start_ingest(&settings, &engine).await {
+        Ok(ingest) => ingest,
+        Err(error) => {
+            engine.stop();
+            return Err(error);
+        }
+    };
     // Scripts and tests read the bound address (port 0) from this line.
     eprintln!("listening on http://{}", app.address());
     let served = app.run_until_stopped().await;
+    if let Some(ingest) = ingest {
+        // Finish and acknowledge the batch in hand while the engine can still answer it.
+        match ingest.stop().await {
+            Ok(stats) => tracing::info!(?stats, "stream ingestion stopped"),
+            Err(error) => tracing::warn!(%error, "stream ingestion did not stop cleanly"),
+        }
+    }
     tracing::info!("HTTP server stopped; stopping the engine");
     engine.stop();
     served.context("HTTP server failed")
+}
+
+/// Starts the Redis Stream consumer when `[ingest] enabled`, on `ingest.url` or, when that is
+/// empty, the store's URL.
+async fn start_ingest(
+    settings: &Settings,
+    engine: &Engine,
+) -> anyhow::Result<Option<IngestHandle>> {
+    if !settings.ingest.enabled {
+        return Ok(None);
+    }
+    let url = if settings.ingest.url.is_empty() {
+        &settings.store.url
+    } else {
+        &settings.ingest.url
+    };
+    if !url.starts_with("redis://") {
+        anyhow::bail!(
+            "`ingest.enabled` needs a Redis stream: set `ingest.url` (the store is `{}`)",
+            settings.store.url
+        );
+    }
+    let handle = StreamConsumer::start(engine.clone(), &settings.ingest, url).await?;
+    Ok(Some(handle))
 }
