@@ -175,6 +175,12 @@ struct Summary {
     duplicate: u64,
 }
 
+/// The last line of the response.
+#[derive(Debug, Serialize)]
+struct SummaryLine {
+    summary: Summary,
+}
+
 impl Summary {
     fn add(&mut self, other: Summary) {
         self.lines += other.lines;
@@ -391,10 +397,6 @@ async fn pump(state: Arc<ApiState>, mut payload: web::Payload, out: mpsc::Sender
                     return;
                 }
             }
-            _ = &mut flush, if flush_armed => {
-                flush_armed = false;
-                reader.close_batch(&mut pending);
-            }
             chunk = payload.next(), if reading && pending.len() < BATCHES_IN_FLIGHT_MAX => {
                 let was_empty = reader.batch.is_empty();
                 match chunk {
@@ -411,8 +413,9 @@ async fn pump(state: Arc<ApiState>, mut payload: web::Payload, out: mpsc::Sender
                         if body_bytes > body_max {
                             reading = false;
                             reader.stopped = Some(ApiError::BodyTooLarge { limit: body_max });
-                        } else if !splitter.push(&bytes, &mut |line| reader.on_line(line, &mut pending)) {
-                            reading = false;
+                        } else {
+                            let mut on_line = |line: SplitLine<'_>| reader.on_line(line, &mut pending);
+                            reading = splitter.push(&bytes, &mut on_line);
                         }
                     }
                 }
@@ -432,11 +435,17 @@ async fn pump(state: Arc<ApiState>, mut payload: web::Payload, out: mpsc::Sender
                     flush_armed = false;
                 }
             }
+            // After the body branch, so a partial batch is only sent early when the client
+            // has nothing more for now, and not while the engine is the one holding us back.
+            _ = &mut flush, if flush_armed && pending.len() < BATCHES_IN_FLIGHT_MAX => {
+                flush_armed = false;
+                reader.close_batch(&mut pending);
+            }
             else => break,
         }
     }
     let mut last = Vec::new();
-    write_line(&mut last, &serde_json::json!({ "summary": summary }));
+    write_line(&mut last, &SummaryLine { summary });
     let _ = out.send(Bytes::from(last)).await;
 }
 

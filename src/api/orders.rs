@@ -74,8 +74,8 @@ fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
 
 /// Answers a placement replay: the same request again (200, replayed) or a different one under
 /// the same key (422).
-fn replay(order: &Order, new_order: &NewOrder) -> Result<HttpResponse, ApiError> {
-    if order.header.request_fingerprint != new_order.fingerprint() {
+fn replay(order: &Order, fingerprint: u64) -> Result<HttpResponse, ApiError> {
+    if order.header.request_fingerprint != fingerprint {
         return Err(ApiError::IdempotencyKeyReused);
     }
     let mut response = order_response(StatusCode::OK, order, true);
@@ -124,7 +124,7 @@ pub(crate) async fn place_order(
     let order_id = OrderId::from_idempotency_key(&state.settings.tenant, &key);
     let command_id = CommandId::from_key(order_id, &key);
     let _in_flight = state.begin(command_id)?;
-    let fingerprint_source = new_order.clone();
+    let fingerprint = new_order.fingerprint();
     let envelope = CommandEnvelope {
         id: command_id,
         command: Command::PlaceOrder(Box::new(new_order)),
@@ -137,7 +137,7 @@ pub(crate) async fn place_order(
         )
         .await;
     match placed {
-        Ok(outcome) if outcome.duplicate => replay(&outcome.order, &fingerprint_source),
+        Ok(outcome) if outcome.duplicate => replay(&outcome.order, fingerprint),
         Ok(outcome) => {
             let mut response = order_response(StatusCode::CREATED, &outcome.order, false);
             if let Ok(location) = header::HeaderValue::from_str(&order_location(&outcome.order)) {
@@ -161,7 +161,7 @@ pub(crate) async fn place_order(
                         .execute(order_id, Request::Read, Admission::FailFast),
                 )
                 .await?;
-            replay(&stored.order, &fingerprint_source)
+            replay(&stored.order, fingerprint)
         }
         Err(error) => Err(error),
     }

@@ -237,3 +237,53 @@ async fn a_chunked_body_over_the_limit_ends_the_stream_with_an_error_line() {
     // Lines that arrived before the limit was crossed may have been placed; never all of them.
     assert!(accepted < 20, "{summary}");
 }
+
+#[actix_web::test]
+async fn a_trickling_client_gets_each_answer_before_sending_the_next_line() {
+    // Both directions stream: the result of a line arrives while the request body is still
+    // open, so a client can pace itself on the answers.
+    let app = spawn_app().await;
+    let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let body = futures_util::stream::unfold(lines_rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    });
+    lines_tx
+        .send(Ok(format!("{}\n", line(1)).into_bytes()))
+        .await
+        .expect("first line queued");
+    let mut response = app
+        .client
+        .post(app.url("/v1/orders/bulk"))
+        .header("Content-Type", "application/x-ndjson")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(response.status(), 200);
+    let mut received = String::new();
+    for n in 1..=3u64 {
+        while !received.contains(&format!("\"line\":{n},")) {
+            let chunk = response
+                .chunk()
+                .await
+                .expect("readable")
+                .expect("an answer before the body ends");
+            received.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        }
+        if n < 3 {
+            lines_tx
+                .send(Ok(format!("{}\n", line(n + 1)).into_bytes()))
+                .await
+                .expect("next line queued");
+        }
+    }
+    drop(lines_tx);
+    let rest = response.text().await.expect("rest");
+    received.push_str(&rest);
+    assert!(received.contains("\"summary\""), "{received}");
+    assert_eq!(
+        received.matches("\"status\":\"accepted\"").count(),
+        3,
+        "{received}"
+    );
+}

@@ -241,21 +241,58 @@ async fn an_illegal_transition_is_409_with_the_current_status() {
     );
 }
 
+/// Sends `first` while Redis writes are paused, so it is deterministically still in flight
+/// (applied in memory, not yet durable, its gateway call not yet made) when `second` arrives;
+/// returns the answer to `second` and the status of `first` once the pause ends.
+async fn second_while_first_in_flight(
+    app: &crate::app::TestApp,
+    first: (String, Value),
+    second: (String, Value),
+) -> (reqwest::Response, u16) {
+    let redis = app.redis.as_ref().expect("redis");
+    assert!(redis.command(&["CLIENT", "PAUSE", "1000", "WRITE"]).is_ok());
+    let client = app.client.clone();
+    let url = app.url(&first.0);
+    let first = actix_rt::spawn(async move {
+        client
+            .post(url)
+            .json(&first.1)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = app.post_json(&second.0, &second.1).await;
+    let first = first.await.expect("task").expect("answered");
+    (answer, first)
+}
+
+#[actix_web::test]
+async fn a_payment_while_one_is_in_flight_is_409() {
+    let app = spawn_redis_app_with(|_| {}).await;
+    let order = app.place(1).await;
+    let pay = format!("/v1/orders/{}/pay", order["order_id"].as_str().expect("id"));
+    let (answer, first) =
+        second_while_first_in_flight(&app, (pay.clone(), json!({})), (pay, json!({}))).await;
+    assert_error(answer, 409, "payment_in_flight").await;
+    assert_eq!(first, 200);
+}
+
 #[actix_web::test]
 async fn a_refund_while_one_is_in_flight_is_409() {
-    let app = spawn_app().await;
+    let app = spawn_redis_app_with(|_| {}).await;
     let id = app.place_paid(1).await;
     let refund = format!("/v1/orders/{id}/refund");
-    let first = app.post_json(&refund, &json!({"amount": "5.00"})).await;
-    assert_eq!(first.status(), 200);
-    let body: Value = first.json().await.expect("JSON");
-    assert_eq!(body["status"], "refunding");
-    assert_error(
-        app.post_json(&refund, &json!({"amount": "1.00"})).await,
-        409,
-        "refund_in_flight",
+    let (answer, first) = second_while_first_in_flight(
+        &app,
+        (refund.clone(), json!({"amount": "5.00"})),
+        // Without an amount the handler needs no read of the order first, so the command
+        // reaches the order while the first refund is still pending.
+        (refund, json!({})),
     )
     .await;
+    assert_error(answer, 409, "refund_in_flight").await;
+    assert_eq!(first, 200);
 }
 
 #[actix_web::test]
