@@ -413,6 +413,7 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 version,
                 bytes: bytes.clone(),
                 events: vec!["order_shipped"],
+                payments_index: Default::default(),
             })
             .collect::<Vec<_>>()
     };

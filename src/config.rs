@@ -55,6 +55,183 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Redis Stream ingestion.
     pub ingest: IngestSettings,
+    /// Payment processing: routing, retries, unknown-outcome sync, circuit breaking.
+    pub payments: PaymentSettings,
+    /// The configured payment gateways by name (`card`, `alipay`, `wechat`, `http`, ...).
+    pub gateways: BTreeMap<String, GatewaySettings>,
+}
+
+/// Payment processing, shared by every gateway actor.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentSettings {
+    /// Which configured gateway serves each payment method.
+    pub routes: PaymentRoutes,
+    /// Fault profile of simulated gateways that name none themselves.
+    pub fault_profile: String,
+    /// Longest wait for one gateway call; a charge that times out has an unknown outcome.
+    pub attempt_timeout_ms: u64,
+    /// Retries of calls that provably never reached the gateway.
+    pub retry: RetrySettings,
+    /// Resolution of attempts whose outcome is unknown: query, then reverse.
+    pub sync: SyncSettings,
+    /// The per-gateway circuit breaker.
+    pub breaker: BreakerSettings,
+    /// Orders with a live attempt resumed per store scan on engine start.
+    pub recovery_batch_size: usize,
+    /// Named fault profiles of the simulated gateways (`healthy`, `flaky`, `outage`, `slow`).
+    pub fault_profiles: BTreeMap<String, FaultProfile>,
+}
+
+/// Which gateway serves each payment method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PaymentRoutes {
+    /// Gateway name for `card`.
+    pub card: String,
+    /// Gateway name for `alipay`.
+    pub alipay: String,
+    /// Gateway name for `wechat`.
+    pub wechat: String,
+}
+
+impl PaymentRoutes {
+    /// The gateway name serving `method`.
+    pub fn for_method(&self, method: crate::domain::PaymentMethod) -> &str {
+        match method {
+            crate::domain::PaymentMethod::Card => &self.card,
+            crate::domain::PaymentMethod::Alipay => &self.alipay,
+            crate::domain::PaymentMethod::Wechat => &self.wechat,
+        }
+    }
+
+    /// Routes every method to the gateway `name`.
+    pub fn all_to(name: &str) -> PaymentRoutes {
+        PaymentRoutes {
+            card: name.to_string(),
+            alipay: name.to_string(),
+            wechat: name.to_string(),
+        }
+    }
+}
+
+/// Exponential backoff with full jitter: the n-th retry waits a uniformly random time in
+/// `[0, min(cap, initial * multiplier^n)]`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// Ceiling of the first delay.
+    pub initial_ms: u64,
+    /// Growth of the ceiling per retry (at least 1).
+    pub multiplier: f64,
+    /// Largest ceiling.
+    pub cap_ms: u64,
+    /// Most tries of one call, the first included.
+    pub attempts_max: u32,
+    /// No retry starts after this long since the first try.
+    pub elapsed_max_ms: u64,
+}
+
+/// Resolution of unknown outcomes: status queries with backoff for `window_ms`, then a
+/// reversal (void) with up to `reverse_attempts_max` tries, then review by a human.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSettings {
+    /// Ceiling of the first delay between queries.
+    pub initial_ms: u64,
+    /// Growth of the ceiling per query.
+    pub multiplier: f64,
+    /// Largest delay ceiling between queries.
+    pub cap_ms: u64,
+    /// How long to keep querying before reversing.
+    pub window_ms: u64,
+    /// Most queries of one attempt.
+    pub queries_max: u32,
+    /// Most tries of the reversal before the attempt needs review.
+    pub reverse_attempts_max: u32,
+}
+
+/// A three-state circuit breaker per gateway; only gateway-health failures (not sent,
+/// timeouts, 5xx, resets) count, never declines.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSettings {
+    /// Consecutive health failures that open the breaker.
+    pub failures_to_open: u32,
+    /// How long an open breaker refuses calls before it lets probes through.
+    pub open_ms: u64,
+    /// Probes in flight at once while half-open; this many successes close the breaker.
+    pub half_open_probes: u32,
+}
+
+/// One configured gateway.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySettings {
+    /// `simulated` (in-process) or `http` (JSON over HTTP to a payment service).
+    pub kind: String,
+    /// Simulated only: fault profile name; empty uses `payments.fault_profile`.
+    #[serde(default)]
+    pub fault_profile: String,
+    /// Calls in flight at once.
+    pub concurrency_max: usize,
+    /// Calls started per second (token bucket); 0 means unlimited.
+    #[serde(default)]
+    pub rate_limit_per_s: u32,
+    /// Token bucket size (burst).
+    #[serde(default)]
+    pub rate_limit_burst: u32,
+    /// HTTP only: base URL of the payment service (`http://127.0.0.1:9090`).
+    #[serde(default)]
+    pub base_url: String,
+    /// HTTP only: API key sent as a bearer token.
+    #[serde(default)]
+    pub api_key: String,
+    /// HTTP only: TCP connect timeout; a refused or timed-out connect was never sent.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// HTTP only: idle keep-alive connections kept per host.
+    #[serde(default = "default_pool_idle_max")]
+    pub pool_idle_max: usize,
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    500
+}
+
+fn default_pool_idle_max() -> usize {
+    64
+}
+
+/// Faults a simulated gateway (or the mock payment service) injects. Rates are
+/// probabilities per call; latencies are base + uniform jitter, plus a tail with `tail_rate`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultProfile {
+    /// Fixed part of every call's latency.
+    pub latency_base_ms: u64,
+    /// Uniform extra latency in `[0, jitter]`.
+    pub latency_jitter_ms: u64,
+    /// Probability of a slow call.
+    pub latency_tail_rate: f64,
+    /// Extra latency of a slow call.
+    pub latency_tail_ms: u64,
+    /// Charges declined for good (stolen card, closed account).
+    pub decline_hard_rate: f64,
+    /// Charges declined for a reason the customer may fix (insufficient funds).
+    pub decline_soft_rate: f64,
+    /// Calls that fail before anything is sent (connection refused).
+    pub not_sent_rate: f64,
+    /// Charges taken whose answer never arrives (the call hangs for `hang_ms`).
+    pub timeout_rate: f64,
+    /// Calls answered with a 5xx (the charge is taken in half of the cases).
+    pub server_error_rate: f64,
+    /// Charges accepted as pending that capture only after `late_ms`.
+    pub late_success_rate: f64,
+    /// How long a timed-out call hangs.
+    pub hang_ms: u64,
+    /// How long a late success stays pending.
+    pub late_ms: u64,
 }
 
 /// HTTP edge (`orderly serve`).
@@ -301,6 +478,109 @@ impl Settings {
         if self.store.redis.connections == 0 || self.store.redis.connections > 64 {
             return invalid("store.redis.connections", "must be 1..=64");
         }
+        self.validate_payments()
+    }
+
+    fn validate_payments(&self) -> Result<(), ConfigError> {
+        let invalid = |path: String, message: &str| {
+            Err(ConfigError::Invalid {
+                path,
+                message: message.into(),
+            })
+        };
+        let payments = &self.payments;
+        for method in crate::domain::PaymentMethod::ALL {
+            let name = payments.routes.for_method(method);
+            if !self.gateways.contains_key(name) {
+                return invalid(
+                    format!("payments.routes.{}", method.as_str()),
+                    "names no configured [gateways.<name>]",
+                );
+            }
+        }
+        if !payments
+            .fault_profiles
+            .contains_key(&payments.fault_profile)
+        {
+            return invalid(
+                "payments.fault_profile".into(),
+                "names no [payments.fault_profiles.<name>]",
+            );
+        }
+        if payments.attempt_timeout_ms == 0 {
+            return invalid("payments.attempt_timeout_ms".into(), "must be at least 1");
+        }
+        let retry = &payments.retry;
+        if retry.attempts_max == 0 || retry.attempts_max > 100 {
+            return invalid("payments.retry.attempts_max".into(), "must be 1..=100");
+        }
+        if !(1.0..=100.0).contains(&retry.multiplier) {
+            return invalid("payments.retry.multiplier".into(), "must be 1..=100");
+        }
+        if !(1.0..=100.0).contains(&payments.sync.multiplier) {
+            return invalid("payments.sync.multiplier".into(), "must be 1..=100");
+        }
+        if payments.sync.queries_max == 0 || payments.sync.reverse_attempts_max == 0 {
+            return invalid(
+                "payments.sync".into(),
+                "queries_max and reverse_attempts_max must be at least 1",
+            );
+        }
+        if payments.breaker.failures_to_open == 0 || payments.breaker.half_open_probes == 0 {
+            return invalid(
+                "payments.breaker".into(),
+                "failures_to_open and half_open_probes must be at least 1",
+            );
+        }
+        if payments.recovery_batch_size == 0 || payments.recovery_batch_size > 10_000 {
+            return invalid("payments.recovery_batch_size".into(), "must be 1..=10000");
+        }
+        for (name, profile) in &payments.fault_profiles {
+            let rates = [
+                profile.latency_tail_rate,
+                profile.decline_hard_rate,
+                profile.decline_soft_rate,
+                profile.not_sent_rate,
+                profile.timeout_rate,
+                profile.server_error_rate,
+                profile.late_success_rate,
+            ];
+            if rates.iter().any(|r| !(0.0..=1.0).contains(r)) {
+                return invalid(
+                    format!("payments.fault_profiles.{name}"),
+                    "rates must be within 0..=1",
+                );
+            }
+        }
+        for (name, gateway) in &self.gateways {
+            let path = |key: &str| format!("gateways.{name}.{key}");
+            if gateway.concurrency_max == 0 {
+                return invalid(path("concurrency_max"), "must be at least 1");
+            }
+            if gateway.rate_limit_per_s > 0 && gateway.rate_limit_burst == 0 {
+                return invalid(path("rate_limit_burst"), "must be at least 1 with a rate");
+            }
+            match gateway.kind.as_str() {
+                "simulated" => {
+                    if !gateway.fault_profile.is_empty()
+                        && !payments.fault_profiles.contains_key(&gateway.fault_profile)
+                    {
+                        return invalid(
+                            path("fault_profile"),
+                            "names no [payments.fault_profiles.<name>]",
+                        );
+                    }
+                }
+                "http" => {
+                    if !gateway.base_url.starts_with("http://")
+                        && !gateway.base_url.starts_with("https://")
+                    {
+                        return invalid(path("base_url"), "must be an http:// URL");
+                    }
+                }
+                _ => return invalid(path("kind"), "must be `simulated` or `http`"),
+            }
+        }
         Ok(())
     }
 
@@ -360,6 +640,36 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/production.toml");
         let settings = Settings::load(Some(&path), std::iter::empty()).unwrap();
         assert!(settings.store.url.starts_with("redis://"));
+    }
+
+    #[test]
+    fn default_routes_each_method_to_its_simulated_gateway() {
+        let settings = Settings::embedded_default().unwrap();
+        assert_eq!(settings.payments.routes.card, "card");
+        assert_eq!(settings.payments.fault_profile, "healthy");
+        for name in ["card", "alipay", "wechat"] {
+            assert_eq!(settings.gateways[name].kind, "simulated");
+        }
+        for profile in ["healthy", "flaky", "outage", "slow"] {
+            assert!(settings.payments.fault_profiles.contains_key(profile));
+        }
+        assert_eq!(
+            settings.payments.fault_profiles["healthy"],
+            FaultProfile::default()
+        );
+    }
+
+    #[test]
+    fn routes_must_name_a_configured_gateway() {
+        let err =
+            Settings::load(None, env(&[("ORDERLY__PAYMENTS__ROUTES__CARD", "nope")])).unwrap_err();
+        assert!(err.to_string().contains("payments.routes.card"), "{err}");
+        let err = Settings::load(
+            None,
+            env(&[("ORDERLY__GATEWAYS__HTTP__BASE_URL", "ftp://x")]),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("gateways.http.base_url"), "{err}");
     }
 
     #[test]

@@ -163,11 +163,18 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
                 HTTP_SECONDS_BUCKETS,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(GATEWAY_CALL_SECONDS.to_string()),
+                GATEWAY_SECONDS_BUCKETS,
+            )
+        })
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
+    describe_payments();
     Ok(handle)
 }
 
@@ -300,4 +307,157 @@ pub(crate) fn record_ingest_batch(outcomes: [(&'static str, u64); 4], seconds: f
         }
     }
     histogram!(INGEST_BATCH_SECONDS).record(seconds);
+}
+
+/// Gateway calls by `gateway`, `operation` (`charge`, `query`, `reverse`, `refund`) and
+/// `outcome`; a charge's outcome is the payment attempt's (`succeeded`, `declined_hard`,
+/// `declined_soft`, `not_sent`, `unknown`, `voided`, `rejected`, `short_circuited`).
+pub const GATEWAY_CALLS_TOTAL: &str = "orderly_gateway_calls_total";
+/// Retries of calls that were not sent, by `gateway`.
+pub const PAYMENT_RETRIES_TOTAL: &str = "orderly_payment_retries_total";
+/// Status queries of attempts with an unknown outcome, by `gateway` and `outcome`.
+pub const PAYMENT_QUERIES_TOTAL: &str = "orderly_payment_queries_total";
+/// Reversals (voids) of attempts whose outcome stayed unknown, by `gateway` and `outcome`
+/// (`voided`, `failed`).
+pub const PAYMENT_REVERSALS_TOTAL: &str = "orderly_payment_reversals_total";
+/// Attempts and refunds that neither query nor reversal settled, by `gateway`: a human must
+/// look.
+pub const PAYMENT_NEEDS_REVIEW_TOTAL: &str = "orderly_payment_needs_review_total";
+/// Refunds by `gateway` and `outcome` (`succeeded`, `failed`, `unresolved`).
+pub const PAYMENT_REFUNDS_TOTAL: &str = "orderly_payment_refunds_total";
+/// Circuit breaker state per `gateway`: 0 closed, 1 half-open, 2 open.
+pub const GATEWAY_BREAKER_STATE: &str = "orderly_gateway_breaker_state";
+/// Circuit breaker transitions by `gateway` and `to` (`open`, `half_open`, `closed`).
+pub const GATEWAY_BREAKER_TRANSITIONS_TOTAL: &str = "orderly_gateway_breaker_transitions_total";
+/// Latency of one gateway call (one try), by `gateway`.
+pub const GATEWAY_CALL_SECONDS: &str = "orderly_gateway_call_duration_seconds";
+/// Orders with a live payment attempt or refund resumed when a shard started.
+pub const PAYMENTS_RESUMED_TOTAL: &str = "orderly_payments_resumed_total";
+
+/// Buckets for gateway call latency, seconds (100 µs .. 30 s: simulated gateways answer in
+/// microseconds, real ones in hundreds of milliseconds, timeouts reach tens of seconds).
+pub const GATEWAY_SECONDS_BUCKETS: &[f64] = &[
+    0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+/// Registers the payment gateway metrics' descriptions (called when gateway actors start;
+/// describing twice is harmless).
+pub(crate) fn describe_payments() {
+    describe_counter!(
+        GATEWAY_CALLS_TOTAL,
+        Unit::Count,
+        "Gateway calls by gateway, operation and outcome."
+    );
+    describe_counter!(
+        PAYMENT_RETRIES_TOTAL,
+        Unit::Count,
+        "Retries of gateway calls that were not sent, by gateway."
+    );
+    describe_counter!(
+        PAYMENT_QUERIES_TOTAL,
+        Unit::Count,
+        "Status queries of payment attempts with an unknown outcome, by gateway and outcome."
+    );
+    describe_counter!(
+        PAYMENT_REVERSALS_TOTAL,
+        Unit::Count,
+        "Reversals of payment attempts whose outcome stayed unknown, by gateway and outcome."
+    );
+    describe_counter!(
+        PAYMENT_NEEDS_REVIEW_TOTAL,
+        Unit::Count,
+        "Payment attempts and refunds left for a human to review, by gateway."
+    );
+    describe_counter!(
+        PAYMENT_REFUNDS_TOTAL,
+        Unit::Count,
+        "Refunds by gateway and outcome."
+    );
+    describe_gauge!(
+        GATEWAY_BREAKER_STATE,
+        Unit::Count,
+        "Circuit breaker state per gateway: 0 closed, 1 half-open, 2 open."
+    );
+    describe_counter!(
+        GATEWAY_BREAKER_TRANSITIONS_TOTAL,
+        Unit::Count,
+        "Circuit breaker transitions by gateway and target state."
+    );
+    describe_histogram!(
+        GATEWAY_CALL_SECONDS,
+        Unit::Seconds,
+        "Latency of one gateway call, by gateway."
+    );
+    describe_counter!(
+        PAYMENTS_RESUMED_TOTAL,
+        Unit::Count,
+        "Orders with a live payment attempt or refund resumed when a shard started."
+    );
+}
+
+/// Metric handles of one gateway, resolved once when its actor starts so that a call costs
+/// atomic increments, not registry lookups.
+pub(crate) struct GatewayMetrics {
+    gateway: String,
+    call_seconds: metrics::Histogram,
+    breaker_state: metrics::Gauge,
+    retries: metrics::Counter,
+    needs_review: metrics::Counter,
+}
+
+impl GatewayMetrics {
+    pub(crate) fn new(gateway: &str) -> GatewayMetrics {
+        let label = gateway.to_string();
+        GatewayMetrics {
+            gateway: label.clone(),
+            call_seconds: histogram!(GATEWAY_CALL_SECONDS, "gateway" => label.clone()),
+            breaker_state: gauge!(GATEWAY_BREAKER_STATE, "gateway" => label.clone()),
+            retries: counter!(PAYMENT_RETRIES_TOTAL, "gateway" => label.clone()),
+            needs_review: counter!(PAYMENT_NEEDS_REVIEW_TOTAL, "gateway" => label),
+        }
+    }
+
+    /// One call's latency.
+    pub(crate) fn call_seconds(&self, seconds: f64) {
+        self.call_seconds.record(seconds);
+    }
+
+    /// `n` calls with one outcome (`operation` and `outcome` are bounded sets of static
+    /// names); the actor tallies per flushed batch of verdicts and calls this once per pair.
+    pub(crate) fn calls(&self, operation: &'static str, outcome: &'static str, n: u64) {
+        let gateway = self.gateway.clone();
+        counter!(GATEWAY_CALLS_TOTAL, "gateway" => gateway.clone(), "operation" => operation, "outcome" => outcome)
+            .increment(n);
+        let per_operation = match operation {
+            "charge" => PAYMENT_ATTEMPTS_TOTAL,
+            "query" => PAYMENT_QUERIES_TOTAL,
+            "reverse" => PAYMENT_REVERSALS_TOTAL,
+            "refund" => PAYMENT_REFUNDS_TOTAL,
+            _ => return,
+        };
+        counter!(per_operation, "gateway" => gateway, "outcome" => outcome).increment(n);
+    }
+
+    /// A retry of a call that was not sent.
+    pub(crate) fn retry(&self) {
+        self.retries.increment(1);
+    }
+
+    /// An attempt or refund left for review.
+    pub(crate) fn needs_review(&self) {
+        self.needs_review.increment(1);
+    }
+
+    /// The breaker's state changed to `to` (`gauge`: 0 closed, 1 half-open, 2 open).
+    pub(crate) fn breaker(&self, to: &'static str, gauge_value: f64) {
+        self.breaker_state.set(gauge_value);
+        counter!(GATEWAY_BREAKER_TRANSITIONS_TOTAL, "gateway" => self.gateway.clone(), "to" => to)
+            .increment(1);
+    }
+}
+
+/// Records orders resumed by a shard's payment recovery scan.
+pub(crate) fn record_payments_resumed(n: u64) {
+    counter!(PAYMENTS_RESUMED_TOTAL).increment(n);
 }

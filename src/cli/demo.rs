@@ -6,6 +6,14 @@
 //! are sequential (a step starts only after the previous one was acknowledged, i.e. durable), as
 //! a real client's would be; throughput comes from many orders in flight, not from skipping
 //! acknowledgements.
+//!
+//! Payments go through the gateway actors (`--gateway`, `--fault-profile`). A `pay` answers
+//! once the gateway's first verdict is durable; an order left in `payment_processing` (its
+//! outcome unknown and being queried) is polled until it settles (bounded by
+//! `--settle-timeout-ms`), and an order back in `pending_payment` after a soft decline, a
+//! reversal or a call that was never sent pays again, at most `--pay-tries` times in all; a
+//! hard decline is final. The report's `payments` section carries the gateways' counts and
+//! the double charges counted on the gateway side.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -42,10 +50,31 @@ pub struct DemoArgs {
     /// measure placement alone or the memory of orders that are still in flight.
     #[arg(long, value_parser = ["place", "pay", "ship", "deliver"], default_value = "deliver")]
     pub until: String,
+    /// Which gateway takes the payments: `card`, `alipay` or `wechat` (every order pays with
+    /// that method on its simulated gateway), `mix` (methods rotate over the three), or `http`
+    /// (every method through the HTTP gateway, see `--gateway-url`).
+    #[arg(long, value_parser = ["card", "alipay", "wechat", "mix", "http"], default_value = "mix")]
+    pub gateway: String,
+    /// Fault profile of the simulated gateways (`healthy`, `flaky`, `outage`, `slow`, or any
+    /// `[payments.fault_profiles.NAME]`); default: the config's.
+    #[arg(long, value_name = "NAME")]
+    pub fault_profile: Option<String>,
+    /// Base URL of the payment service for `--gateway http` (overrides `[gateways.http]`).
+    #[arg(long, value_name = "URL")]
+    pub gateway_url: Option<String>,
+    /// Most `pay` commands per order (a soft decline, reversal or unsent charge pays again).
+    #[arg(long, default_value_t = 3)]
+    pub pay_tries: u32,
+    /// Longest wait for an order whose payment outcome is unknown to settle.
+    #[arg(long, default_value_t = 60_000)]
+    pub settle_timeout_ms: u64,
     /// Shared options.
     #[command(flatten)]
     pub common: CommonArgs,
 }
+
+/// How often an order whose payment outcome is unknown is read again.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 
 const STEPS: [&str; 4] = ["place", "pay", "ship", "deliver"];
 
@@ -58,6 +87,9 @@ struct Tally {
     value_total_minor: i64,
     value_paid_minor: i64,
     errors: std::collections::BTreeMap<&'static str, u64>,
+    pay_commands: u64,
+    declined_hard: u64,
+    unsettled: u64,
 }
 
 impl Tally {
@@ -75,6 +107,9 @@ impl Tally {
             value_total_minor: 0,
             value_paid_minor: 0,
             errors: Default::default(),
+            pay_commands: 0,
+            declined_hard: 0,
+            unsettled: 0,
         })
     }
 }
@@ -132,10 +167,57 @@ pub struct DemoReport {
     pub peak_rss_bytes: u64,
     /// Errors by code.
     pub errors: std::collections::BTreeMap<&'static str, u64>,
+    /// Payments: gateway attempts, retries, unknown outcomes, reversals, reviews, declines,
+    /// and the double charges the gateway side counted (must be 0).
+    pub payments: PaymentsReport,
 }
 
-/// A deterministic, varied order: 1–3 lines, quantities 1–4, a handful of prices.
-fn make_order(n: u64) -> NewOrder {
+/// The payments part of the demo report.
+#[derive(Debug, Default, Serialize)]
+pub struct PaymentsReport {
+    /// `--gateway`.
+    pub gateway: String,
+    /// Fault profile of the simulated gateways.
+    pub fault_profile: String,
+    /// `pay` commands sent by the driver.
+    pub pay_commands: u64,
+    /// Payment attempts handed to gateways.
+    pub attempts: u64,
+    /// Attempts per placed order.
+    pub attempts_per_order: f64,
+    /// Retries of gateway calls that were not sent.
+    pub retries: u64,
+    /// Attempts whose outcome was unknown after the charge call.
+    pub unknown: u64,
+    /// Status queries made.
+    pub queries: u64,
+    /// Attempts reversed after their outcome stayed unknown.
+    pub reversed: u64,
+    /// Attempts and refunds left for review.
+    pub needs_review: u64,
+    /// Attempts declined.
+    pub declined: u64,
+    /// Orders whose last attempt was declined for good (not paid again).
+    pub declined_hard_orders: u64,
+    /// Attempts never sent within the retry budget.
+    pub not_sent: u64,
+    /// Orders still in payment_processing when the settle timeout ran out.
+    pub unsettled: u64,
+    /// Times a gateway's circuit breaker opened.
+    pub breaker_opened: u64,
+    /// Charges the gateway side recorded (distinct idempotency keys).
+    pub gateway_charges: u64,
+    /// Repeated keys the gateway side answered from its records instead of charging.
+    pub duplicates_refused: u64,
+    /// Orders charged more than once, counted by the gateway side. Must be 0.
+    pub double_charges: u64,
+    /// Per-gateway statistics.
+    pub gateways: Vec<crate::gateway::GatewayStats>,
+}
+
+/// A deterministic, varied order: 1–3 lines, quantities 1–4, a handful of prices; paid with
+/// `method`, or the methods in rotation.
+fn make_order(n: u64, method: Option<PaymentMethod>) -> NewOrder {
     const PRICES: [(i64, u32); 5] = [(999, 2), (1999, 2), (450, 2), (12000, 2), (35, 1)];
     let mut x = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut next = || {
@@ -159,7 +241,7 @@ fn make_order(n: u64) -> NewOrder {
     NewOrder {
         customer_id: format!("c-{}", n % 100_000).into(),
         currency: Currency::USD,
-        payment_method: PaymentMethod::ALL[(n % 3) as usize],
+        payment_method: method.unwrap_or(PaymentMethod::ALL[(n % 3) as usize]),
         items,
         metadata: Box::new([]),
     }
@@ -207,6 +289,113 @@ async fn run_batch(
 /// successful answer must show.
 type Step = (usize, fn(OrderId) -> Command, OrderStatus);
 
+/// How the driver pays.
+#[derive(Clone, Copy)]
+struct PayPlan {
+    method: Option<PaymentMethod>,
+    tries: u32,
+    settle_timeout: Duration,
+}
+
+/// Where an order stands after a `pay` answer or a read.
+enum PayState {
+    Paid,
+    Processing,
+    /// Back in pending_payment after something the customer may retry.
+    Retry,
+    /// Declined for good, on hold, or anything else: not paid in this run.
+    GiveUp {
+        declined_hard: bool,
+    },
+}
+
+fn pay_state(order: &crate::domain::Order) -> PayState {
+    match order.status {
+        OrderStatus::Paid => PayState::Paid,
+        OrderStatus::PaymentProcessing => PayState::Processing,
+        OrderStatus::PendingPayment => {
+            let hard = order
+                .payments
+                .last()
+                .is_some_and(|a| a.status == crate::domain::AttemptStatus::DeclinedHard);
+            if hard {
+                PayState::GiveUp {
+                    declined_hard: true,
+                }
+            } else {
+                PayState::Retry
+            }
+        }
+        _ => PayState::GiveUp {
+            declined_hard: false,
+        },
+    }
+}
+
+/// Pays `orders` (tries, polls unknown outcomes until they settle) and returns the paid ones.
+async fn pay_all(
+    engine: &Engine,
+    tally: &RefCell<Tally>,
+    orders: Vec<OrderId>,
+    plan: PayPlan,
+) -> Vec<OrderId> {
+    let mut paid = Vec::with_capacity(orders.len());
+    let mut to_pay = orders;
+    for _ in 0..plan.tries.max(1) {
+        if to_pay.is_empty() {
+            break;
+        }
+        let items = to_pay
+            .iter()
+            .map(|id| BatchItem::command(*id, Command::StartPayment { method: None }))
+            .collect();
+        tally.borrow_mut().pay_commands += to_pay.len() as u64;
+        let results = run_batch(engine, tally, 1, items).await;
+        let mut processing = Vec::new();
+        let mut retry = Vec::new();
+        let mut sort = |id: OrderId,
+                        order: &crate::domain::Order,
+                        processing: &mut Vec<OrderId>,
+                        paid: &mut Vec<OrderId>| match pay_state(order) {
+            PayState::Paid => {
+                tally.borrow_mut().value_paid_minor += order.paid_minor;
+                paid.push(id);
+            }
+            PayState::Processing => processing.push(id),
+            PayState::Retry => retry.push(id),
+            PayState::GiveUp { declined_hard } => {
+                tally.borrow_mut().declined_hard += u64::from(declined_hard);
+            }
+        };
+        for (id, result) in to_pay.iter().zip(results) {
+            if let Ok(outcome) = result {
+                sort(*id, &outcome.order, &mut processing, &mut paid);
+            }
+        }
+        // Unknown outcomes settle by themselves (query, then reverse): wait for them, bounded.
+        let deadline = Instant::now() + plan.settle_timeout;
+        while !processing.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(SETTLE_POLL).await;
+            let reads = processing
+                .iter()
+                .map(|id| BatchItem::existing(*id, crate::engine::Request::Read))
+                .collect();
+            let answers = engine.execute_batch(reads, Admission::Wait).await;
+            let waiting = std::mem::take(&mut processing);
+            for (id, result) in waiting.iter().zip(answers) {
+                match result {
+                    Ok(outcome) => sort(*id, &outcome.order, &mut processing, &mut paid),
+                    // A read that failed is retried at the next poll.
+                    Err(_) => processing.push(*id),
+                }
+            }
+        }
+        tally.borrow_mut().unsettled += processing.len() as u64;
+        to_pay = retry;
+    }
+    paid
+}
+
 /// Runs one batch of orders through the lifecycle.
 async fn lifecycle(
     engine: &Engine,
@@ -214,12 +403,13 @@ async fn lifecycle(
     first: u64,
     count: u64,
     last_step: usize,
+    plan: PayPlan,
 ) {
     let ids: Vec<OrderId> = (0..count).map(|_| OrderId::new()).collect();
     let place = ids
         .iter()
         .enumerate()
-        .map(|(i, id)| BatchItem::place(*id, make_order(first + i as u64)))
+        .map(|(i, id)| BatchItem::place(*id, make_order(first + i as u64, plan.method)))
         .collect();
     let mut alive: Vec<OrderId> = Vec::with_capacity(ids.len());
     for (id, result) in ids.iter().zip(run_batch(engine, tally, 0, place).await) {
@@ -230,12 +420,10 @@ async fn lifecycle(
             alive.push(*id);
         }
     }
-    let steps: [Step; 3] = [
-        (
-            1,
-            |_| Command::StartPayment { method: None },
-            OrderStatus::Paid,
-        ),
+    if last_step >= 1 {
+        alive = pay_all(engine, tally, alive, plan).await;
+    }
+    let steps: [Step; 2] = [
         (
             2,
             |id| Command::ShipOrder {
@@ -260,9 +448,6 @@ async fn lifecycle(
         for (id, result) in alive.iter().zip(results) {
             if let Ok(outcome) = result {
                 if outcome.order.status == expected {
-                    if step == 1 {
-                        tally.borrow_mut().value_paid_minor += outcome.order.paid_minor;
-                    }
                     next.push(*id);
                 }
             }
@@ -286,7 +471,39 @@ fn percentiles(h: &Histogram<u64>) -> Percentiles {
 
 /// Runs the demo inside the current actix system.
 pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
-    let settings = args.common.settings()?;
+    let mut settings = args.common.settings()?;
+    if let Some(profile) = &args.fault_profile {
+        anyhow::ensure!(
+            settings.payments.fault_profiles.contains_key(profile),
+            "unknown fault profile {profile:?} (configured: {:?})",
+            settings.payments.fault_profiles.keys().collect::<Vec<_>>()
+        );
+        settings.payments.fault_profile = profile.clone();
+        // The flag wins over profiles pinned per gateway.
+        for gateway in settings.gateways.values_mut() {
+            gateway.fault_profile.clear();
+        }
+    }
+    let method = match args.gateway.as_str() {
+        "http" => {
+            if let Some(url) = &args.gateway_url {
+                let http = settings
+                    .gateways
+                    .get_mut("http")
+                    .context("no [gateways.http] configured")?;
+                http.base_url = url.clone();
+            }
+            settings.payments.routes = crate::config::PaymentRoutes::all_to("http");
+            None
+        }
+        "mix" => None,
+        name => PaymentMethod::parse(name),
+    };
+    let plan = PayPlan {
+        method,
+        tries: args.pay_tries.clamp(1, 100),
+        settle_timeout: Duration::from_millis(args.settle_timeout_ms),
+    };
     let store = crate::store::open(&settings)
         .await
         .with_context(|| format!("opening store {}", settings.store.url))?;
@@ -321,7 +538,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
                 }
                 let count = batch.min(total - first);
                 next.set(first + count);
-                lifecycle(&engine, &tally, first, count, last_step).await;
+                lifecycle(&engine, &tally, first, count, last_step, plan).await;
                 progress.inc(count);
             }
         }));
@@ -333,8 +550,35 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     progress.finish_and_clear();
     let live_orders = engine.shard_stats().await.iter().map(|s| s.live).sum();
     let (rss_bytes, peak_rss_bytes) = read_rss();
+    let gateways = engine.gateway_stats().await;
     engine.stop();
     let t = tally.borrow();
+    let mut payments = PaymentsReport {
+        gateway: args.gateway.clone(),
+        fault_profile: settings.payments.fault_profile.clone(),
+        pay_commands: t.pay_commands,
+        declined_hard_orders: t.declined_hard,
+        unsettled: t.unsettled,
+        ..PaymentsReport::default()
+    };
+    for g in &gateways {
+        payments.attempts += g.attempts;
+        payments.retries += g.retries;
+        payments.unknown += g.unknown;
+        payments.queries += g.queries;
+        payments.reversed += g.reversed;
+        payments.needs_review += g.needs_review;
+        payments.declined += g.declined;
+        payments.not_sent += g.not_sent;
+        payments.breaker_opened += g.breaker_transitions.opened;
+        if let Some(audit) = g.audit {
+            payments.gateway_charges += audit.charges;
+            payments.duplicates_refused += audit.duplicates_refused;
+            payments.double_charges += audit.double_charges;
+        }
+    }
+    payments.attempts_per_order = payments.attempts as f64 / args.orders.max(1) as f64;
+    payments.gateways = gateways;
     let secs = elapsed.as_secs_f64();
     let value = Money::from_minor_units(t.value_total_minor, Currency::USD)
         .unwrap_or_else(|_| Money::zero(Currency::USD));
@@ -365,6 +609,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         rss_bytes,
         peak_rss_bytes,
         errors: t.errors.clone(),
+        payments,
     })
 }
 
@@ -393,6 +638,11 @@ pub fn print_human(report: &DemoReport, to_stderr: bool) {
         report.live_orders,
         report.rss_bytes as f64 / 1048576.0,
         report.peak_rss_bytes as f64 / 1048576.0
+    ));
+    let p = &report.payments;
+    text.push_str(&format!(
+        "  payments ({} gateway, {} faults): {} attempts ({:.3}/order), {} retries, {} unknown, {} queries, {} reversed, {} needs review, {} declined ({} orders for good), {} never sent, {} unsettled, breaker opened {}x\n  gateway side: {} charges, {} duplicates refused, {} double charges\n",
+        p.gateway, p.fault_profile, p.attempts, p.attempts_per_order, p.retries, p.unknown, p.queries, p.reversed, p.needs_review, p.declined, p.declined_hard_orders, p.not_sent, p.unsettled, p.breaker_opened, p.gateway_charges, p.duplicates_refused, p.double_charges
     ));
     if !report.errors.is_empty() {
         text.push_str(&format!("  errors: {:?}\n", report.errors));

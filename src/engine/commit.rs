@@ -8,15 +8,19 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::messages::{CommandResult, EngineError};
-use crate::domain::{OrderId, PaymentMethod};
-use crate::gateway::ChargeRequest;
-use crate::store::{SnapshotWrite, WriteOutcome};
+use crate::domain::{CommandEnvelope, OrderId};
+use crate::gateway::GatewayJob;
+use crate::store::{IndexChange, SnapshotWrite, WriteOutcome};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
     pub(crate) expected_version: u64,
     pub(crate) version: u64,
     pub(crate) bytes: Vec<u8>,
+    /// Whether the order had live gateway work (a live attempt or a pending refund) before
+    /// and after this write: the store's index of such orders follows it.
+    pub(crate) live_before: bool,
+    pub(crate) live_after: bool,
 }
 
 /// What an order actor produced for one request: the answer to give once the write (if any)
@@ -30,7 +34,8 @@ pub(crate) struct CommitEntry {
     pub(crate) verb: &'static str,
     pub(crate) write: Option<PendingWrite>,
     pub(crate) events: SmallVec<[&'static str; 2]>,
-    pub(crate) charges: SmallVec<[(PaymentMethod, ChargeRequest); 1]>,
+    /// Gateway work to hand over once this entry is durable (a charge, a query, a refund).
+    pub(crate) jobs: SmallVec<[GatewayJob; 1]>,
     pub(crate) result: CommandResult,
     /// Whether the order exists after this entry.
     pub(crate) exists: bool,
@@ -38,8 +43,11 @@ pub(crate) struct CommitEntry {
     pub(crate) settled: bool,
     /// The actor must reload from the store (its load failed or it panicked).
     pub(crate) reload: bool,
-    /// `charges` re-sends a live attempt's charge for a replayed `pay` (no write of its own).
+    /// `jobs` re-sends a live attempt's charge for a replayed `pay` (no write of its own).
     pub(crate) resend: bool,
+    /// A gateway verdict's command, kept to deliver it again if its write fails (no client
+    /// would retry it), with how often it was delivered again already.
+    pub(crate) redeliver: Option<(CommandEnvelope, u8)>,
 }
 
 /// Collects the answers of a batch dispatch and sends them once all are in.
@@ -91,7 +99,8 @@ pub(crate) struct CoalescedBatch {
 
 pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> CoalescedBatch {
     let mut writes: Vec<SnapshotWrite> = Vec::with_capacity(entries.len());
-    let mut by_order: std::collections::HashMap<OrderId, usize, ahash::RandomState> =
+    // Per order: its write's index and whether it had live gateway work before the batch.
+    let mut by_order: std::collections::HashMap<OrderId, (usize, bool), ahash::RandomState> =
         std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     let mut write_of_entry = Vec::with_capacity(entries.len());
     for (entry, stale) in entries.iter_mut().zip(stale) {
@@ -101,18 +110,19 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
         }
         let Some(write) = entry.write.take() else {
             // Reads and rejections ride on the order's write in this batch, if any.
-            write_of_entry.push(by_order.get(&entry.order_id).copied());
+            write_of_entry.push(by_order.get(&entry.order_id).map(|(i, _)| *i));
             continue;
         };
         match by_order.get(&entry.order_id) {
-            Some(&i) => {
+            Some(&(i, live_before)) => {
                 writes[i].version = write.version;
                 writes[i].bytes = write.bytes;
                 writes[i].events.extend(entry.events.iter().copied());
+                writes[i].payments_index = IndexChange::between(live_before, write.live_after);
                 write_of_entry.push(Some(i));
             }
             None => {
-                by_order.insert(entry.order_id, writes.len());
+                by_order.insert(entry.order_id, (writes.len(), write.live_before));
                 write_of_entry.push(Some(writes.len()));
                 writes.push(SnapshotWrite {
                     order_id: entry.order_id,
@@ -120,6 +130,7 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
                     version: write.version,
                     bytes: write.bytes,
                     events: entry.events.to_vec(),
+                    payments_index: IndexChange::between(write.live_before, write.live_after),
                 });
             }
         }

@@ -40,6 +40,7 @@ struct EngineInner {
     shards: Vec<Addr<ShardActor>>,
     arbiters: Mutex<Vec<Arbiter>>,
     store: Arc<dyn SnapshotStore>,
+    gateways: Gateways,
 }
 
 /// Cloneable, `Send` handle to a running engine.
@@ -50,12 +51,14 @@ pub struct Engine {
 
 impl Engine {
     /// Starts the shard actors on fresh arbiter threads. Must be called inside an actix
-    /// `System`; gateway actors start on the current arbiter.
+    /// `System`; gateway actors (one per gateway routed to in `[payments.routes]`) start on the
+    /// current arbiter. Each shard then resumes the orders its store index lists with a live
+    /// payment attempt or refund (after a crash): attempts are queried, never charged again.
     pub fn start(settings: &Settings, store: Arc<dyn SnapshotStore>) -> Engine {
         let arbiters: Vec<Arbiter> = (0..settings.arbiter_count())
             .map(|_| Arbiter::new())
             .collect();
-        let gateways = Gateways::start_simulated();
+        let gateways = Gateways::start(settings);
         let limits = ShardLimits::from_settings(settings);
         let policy = settings.orders.policy();
         let mailbox = settings.engine.shard_mailbox_capacity;
@@ -75,6 +78,7 @@ impl Engine {
                 shards,
                 arbiters: Mutex::new(arbiters),
                 store,
+                gateways,
             }),
         }
     }
@@ -255,6 +259,12 @@ impl Engine {
             stats.push(addr.send(GetShardStats).await.unwrap_or_default());
         }
         stats
+    }
+
+    /// Statistics of every gateway actor, with the gateway side's own audit (charges,
+    /// refused duplicates, refunds, double charges) where the gateway exposes one.
+    pub async fn gateway_stats(&self) -> Vec<crate::gateway::GatewayStats> {
+        self.inner.gateways.stats().await
     }
 
     /// Stops the shard arbiters. Acknowledged commands are already durable; unacknowledged

@@ -9,12 +9,14 @@ use std::sync::Arc;
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
 use super::commit::{CommitEntry, PendingWrite};
-use super::messages::{CommandOutcome, Deliver, EngineError, Reload, Request};
+use super::messages::{
+    CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work, DETACHED,
+};
 use super::shard::ShardCore;
 use crate::domain::{
     apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection, Timestamp,
 };
-use crate::gateway::ChargeRequest;
+use crate::gateway::{GatewayJob, JobKind};
 use crate::store::{snapshot, StoreError};
 
 /// The actor's copy of its order. Hot (decoded, shared with answers) while it can still change;
@@ -126,16 +128,23 @@ impl OrderActor {
             verb: "read",
             write: None,
             events: Default::default(),
-            charges: Default::default(),
+            jobs: Default::default(),
             result,
             exists: self.order.exists(),
             settled: self.order.settled(),
             reload: false,
             resend: false,
+            redeliver: None,
         }
     }
 
-    fn handle_request(&mut self, token: usize, request: Request, forwarded: bool) -> CommitEntry {
+    fn handle_request(
+        &mut self,
+        token: usize,
+        work: Work,
+        forwarded: bool,
+        origin: Origin,
+    ) -> CommitEntry {
         let materialized = match &self.load_error {
             Some(error) => Err((**error).clone()),
             None => self.order.materialize(),
@@ -147,6 +156,10 @@ impl OrderActor {
                 entry.reload = true;
                 return entry;
             }
+        };
+        let request = match work {
+            Work::Resume => return self.resume(token, current_order),
+            Work::Request(request) => request,
         };
         let envelope = match request {
             Request::Read => {
@@ -193,7 +206,7 @@ impl OrderActor {
                     None => Arc::new(applied.order),
                 };
                 let resend = matches!(envelope.command, Command::StartPayment { .. })
-                    .then(|| resend_charge(&order, token))
+                    .then(|| resend_charge(&order))
                     .flatten();
                 let mut entry = self.entry(
                     token,
@@ -208,7 +221,7 @@ impl OrderActor {
                 // been requested. Ask again under the same idempotency key; the gateway
                 // deduplicates, so this can never charge twice.
                 if let Some(charge) = resend {
-                    entry.charges.push(charge);
+                    entry.jobs.push(charge);
                     entry.resend = true;
                 }
                 entry
@@ -220,7 +233,12 @@ impl OrderActor {
                     expected_version,
                     version: applied.order.version,
                     bytes,
+                    live_before: current.is_some_and(has_gateway_work),
+                    live_after: has_gateway_work(&applied.order),
                 });
+                if let Origin::Gateway { redeliveries } = origin {
+                    entry.redeliver = Some((envelope.clone(), redeliveries));
+                }
                 for effect in &applied.effects {
                     match effect {
                         Effect::Emit(event) => entry.events.push(event.as_str()),
@@ -229,24 +247,35 @@ impl OrderActor {
                             attempt_no,
                             method,
                             amount_minor,
-                        } => {
-                            entry.charges.push((
-                                *method,
-                                ChargeRequest {
-                                    order_id: *order_id,
-                                    attempt_no: *attempt_no,
-                                    amount_minor: *amount_minor,
-                                    currency: applied.order.currency(),
-                                    token,
-                                },
-                            ));
+                        } => entry.jobs.push(GatewayJob {
+                            order_id: *order_id,
+                            method: *method,
+                            amount_minor: *amount_minor,
+                            currency: applied.order.currency(),
+                            kind: JobKind::Charge {
+                                attempt_no: *attempt_no,
+                            },
+                            token: DETACHED,
+                        }),
+                        Effect::QueryPayment { attempt_no, .. } => {
+                            if let Some(job) = query_job(&applied.order, *attempt_no) {
+                                entry.jobs.push(job);
+                            }
                         }
-                        // Timers, queries and refunds are carried out by later releases; the
-                        // due times are already durable in the snapshot.
-                        Effect::QueryPayment { .. }
-                        | Effect::RequestRefund { .. }
-                        | Effect::ArmTimer { .. }
-                        | Effect::DisarmTimer { .. } => {}
+                        Effect::RequestRefund {
+                            refund_no,
+                            method,
+                            amount_minor,
+                            ..
+                        } => entry.jobs.push(refund_job(
+                            &applied.order,
+                            *refund_no,
+                            *method,
+                            *amount_minor,
+                        )),
+                        // Durable timers are not carried out by this release; their due times
+                        // are already durable in the snapshot.
+                        Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => {}
                     }
                 }
                 entry.exists = true;
@@ -266,6 +295,45 @@ impl OrderActor {
     }
 }
 
+impl OrderActor {
+    /// Resumes an order's gateway work after a restart: its live attempt is queried (never
+    /// charged again blindly) and its pending refund re-sent under the same key.
+    fn resume(&self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
+        let Some(order) = current else {
+            let mut entry = self.entry(
+                token,
+                false,
+                Err(EngineError::Rejected(Rejection::OrderNotFound(self.id))),
+            );
+            entry.verb = "resume";
+            return entry;
+        };
+        let mut jobs: smallvec::SmallVec<[GatewayJob; 1]> = Default::default();
+        if let Some(attempt) = order.live_attempt() {
+            jobs.extend(query_job(&order, attempt.attempt_no));
+        }
+        if let Some(refund) = order.pending_refund() {
+            jobs.push(refund_job(
+                &order,
+                refund.refund_no,
+                order.header.payment_method,
+                refund.amount_minor,
+            ));
+        }
+        let mut entry = self.entry(
+            token,
+            false,
+            Ok(CommandOutcome {
+                order,
+                duplicate: true,
+            }),
+        );
+        entry.jobs = jobs;
+        entry.verb = "resume";
+        entry
+    }
+}
+
 impl Actor for OrderActor {
     type Context = Context<Self>;
 
@@ -280,7 +348,12 @@ impl Handler<Deliver> for OrderActor {
     type Result = ();
 
     fn handle(&mut self, message: Deliver, _: &mut Context<Self>) {
-        let entry = self.handle_request(message.token, message.request, message.forwarded);
+        let entry = self.handle_request(
+            message.token,
+            message.work,
+            message.forwarded,
+            message.origin,
+        );
         self.core.enqueue(entry);
     }
 }
@@ -296,19 +369,68 @@ impl Handler<Reload> for OrderActor {
     }
 }
 
+/// Whether the order has gateway work in flight: a live payment attempt or a pending refund.
+/// Such orders are kept in the store's index that a restarted engine resumes from.
+fn has_gateway_work(order: &Order) -> bool {
+    order.live_attempt().is_some() || order.pending_refund().is_some()
+}
+
 /// The charge to re-send for an order whose latest attempt is still `Sending`.
-fn resend_charge(order: &Order, token: usize) -> Option<(PaymentMethod, ChargeRequest)> {
+fn resend_charge(order: &Order) -> Option<GatewayJob> {
     let attempt = order
         .live_attempt()
         .filter(|a| a.status == AttemptStatus::Sending)?;
-    Some((
-        attempt.method,
-        ChargeRequest {
-            order_id: order.id(),
+    Some(GatewayJob {
+        order_id: order.id(),
+        method: attempt.method,
+        amount_minor: attempt.amount_minor,
+        currency: order.currency(),
+        kind: JobKind::Charge {
             attempt_no: attempt.attempt_no,
-            amount_minor: attempt.amount_minor,
-            currency: order.currency(),
-            token,
         },
-    ))
+        token: DETACHED,
+    })
+}
+
+/// A status query of attempt `attempt_no` (at the gateway that was asked to charge it).
+fn query_job(order: &Order, attempt_no: u16) -> Option<GatewayJob> {
+    let attempt = order.payments.iter().find(|a| a.attempt_no == attempt_no)?;
+    Some(GatewayJob {
+        order_id: order.id(),
+        method: attempt.method,
+        amount_minor: attempt.amount_minor,
+        currency: order.currency(),
+        kind: JobKind::Query {
+            attempt_no,
+            reversing: attempt.status == AttemptStatus::Reversing,
+        },
+        token: DETACHED,
+    })
+}
+
+/// Refund `refund_no` of the order's captured charge, at the gateway that captured it.
+fn refund_job(
+    order: &Order,
+    refund_no: u16,
+    method: PaymentMethod,
+    amount_minor: i64,
+) -> GatewayJob {
+    let captured = order
+        .payments
+        .iter()
+        .rev()
+        .find(|a| a.status == AttemptStatus::Succeeded);
+    GatewayJob {
+        order_id: order.id(),
+        method: captured.map_or(method, |a| a.method),
+        amount_minor,
+        currency: order.currency(),
+        kind: JobKind::Refund {
+            refund_no,
+            // Attempt 0 names no charge: the gateway refuses such a refund, which fails it
+            // cleanly (it cannot happen: money to refund was captured by some attempt).
+            charge_attempt_no: captured.map_or(0, |a| a.attempt_no),
+        },
+        token: DETACHED,
+    }
 }

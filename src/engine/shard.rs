@@ -21,12 +21,13 @@ use tokio::sync::Notify;
 use super::commit::{coalesce, settle, BatchCollector, CommitEntry, PendingReply};
 use super::live_set::LiveSet;
 use super::messages::{
-    CommandResult, Deliver, Dispatch, EngineError, Reload, ReplyTo, Request, Routed, ShardControl,
+    CommandResult, Deliver, Dispatch, EngineError, Origin, Reload, ReplyTo, Request, Routed,
+    ShardControl, Work, DETACHED,
 };
 use super::order_actor::OrderActor;
 use crate::config::Settings;
-use crate::domain::{Command, CommandEnvelope, CommandId, OrderId, OrderPolicy, PaymentMethod};
-use crate::gateway::{ChargeBatch, ChargeRequest, Gateways};
+use crate::domain::{Command, CommandEnvelope, OrderId, OrderPolicy, PaymentMethod};
+use crate::gateway::{GatewayJob, GatewayWork, Gateways};
 use crate::store::SnapshotStore;
 use crate::telemetry::{self, CommandTally};
 
@@ -34,6 +35,17 @@ use crate::telemetry::{self, CommandTally};
 const EVICTION_SCAN_MAX: usize = 64;
 /// How many idle orders one idle sweep passivates at most.
 const IDLE_SWEEP_MAX: usize = 4096;
+/// How often a gateway verdict whose write failed is delivered again (no client retries it;
+/// after this, the order resumes on the next engine start).
+const REDELIVERIES_MAX: u8 = 5;
+/// Pause before delivering a verdict again, times its redelivery count.
+const REDELIVERY_PAUSE: Duration = Duration::from_millis(500);
+/// Most pages one payment recovery scan reads (a page is `recovery_batch_size` orders).
+const RECOVERY_PAGES_MAX: usize = 1_000_000;
+/// Failed page reads after which a recovery scan gives up (the next start tries again).
+const RECOVERY_FAILURES_MAX: u32 = 10;
+/// Longest wait for one recovery page to be resumed before reading the next.
+const RECOVERY_PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Bounds a shard applies, copied from settings.
 #[derive(Clone, Copy)]
@@ -44,6 +56,7 @@ pub(crate) struct ShardLimits {
     pub(crate) waiting_max: usize,
     pub(crate) batch_size_max: usize,
     pub(crate) flush_interval: Duration,
+    pub(crate) recovery_batch_size: usize,
 }
 
 impl ShardLimits {
@@ -55,6 +68,7 @@ impl ShardLimits {
             waiting_max: settings.engine.waiting_commands_max,
             batch_size_max: settings.commit.batch_size_max,
             flush_interval: Duration::from_micros(settings.commit.flush_interval_us),
+            recovery_batch_size: settings.payments.recovery_batch_size.max(1),
         }
     }
 }
@@ -62,10 +76,11 @@ impl ShardLimits {
 /// A request parked until the live set has room.
 struct Parked {
     order_id: OrderId,
-    request: Request,
+    work: Work,
     fresh: bool,
     token: usize,
     forwarded: bool,
+    origin: Origin,
 }
 
 /// Statistics of one shard, for reports and tests.
@@ -117,7 +132,13 @@ impl ShardCore {
             ReplyTo::One(tx) => {
                 if let Some(item) = dispatch.items.into_iter().next() {
                     let token = self.replies.borrow_mut().insert(PendingReply::One(tx));
-                    self.route(item.order_id, item.request, item.fresh, token);
+                    self.route(
+                        item.order_id,
+                        Work::Request(item.request),
+                        item.fresh,
+                        token,
+                        Origin::Client,
+                    );
                 }
             }
             ReplyTo::Many(tx) => {
@@ -144,7 +165,13 @@ impl ShardCore {
                         index,
                     };
                     let token = self.replies.borrow_mut().insert(reply);
-                    self.route(order_id, request, fresh, token);
+                    self.route(
+                        order_id,
+                        Work::Request(request),
+                        fresh,
+                        token,
+                        Origin::Client,
+                    );
                 }
             }
         }
@@ -157,23 +184,31 @@ impl ShardCore {
         }
     }
 
-    /// Sends a request to its order actor, activating it (within the bound) if needed.
-    fn route(self: &Rc<Self>, order_id: OrderId, request: Request, fresh: bool, token: usize) {
+    /// Sends work to its order actor, activating it (within the bound) if needed.
+    fn route(
+        self: &Rc<Self>,
+        order_id: OrderId,
+        work: Work,
+        fresh: bool,
+        token: usize,
+        origin: Origin,
+    ) {
         // `pay` answers after the gateway's verdict, so its reply travels with the charge.
         let forwarded = matches!(
-            &request,
-            Request::Command(CommandEnvelope {
+            &work,
+            Work::Request(Request::Command(CommandEnvelope {
                 command: Command::StartPayment { .. },
                 ..
-            })
+            }))
         );
         self.route_parked(
             Parked {
                 order_id,
-                request,
+                work,
                 fresh,
                 token,
                 forwarded,
+                origin,
             },
             false,
         );
@@ -192,8 +227,9 @@ impl ShardCore {
             entry.in_flight += 1;
             let message = Deliver {
                 token: parked.token,
-                request: parked.request,
+                work: parked.work,
                 forwarded: parked.forwarded,
+                origin: parked.origin,
             };
             if entry.addr.try_send(message).is_err() {
                 // The actor is gone (it cannot be full: in-flight is bounded below its mailbox).
@@ -234,8 +270,9 @@ impl ShardCore {
         entry.in_flight = 1;
         let message = Deliver {
             token: parked.token,
-            request: parked.request,
+            work: parked.work,
             forwarded: parked.forwarded,
+            origin: parked.origin,
         };
         let sent = entry.addr.try_send(message).is_ok();
         let len = live.len();
@@ -356,10 +393,12 @@ impl ShardCore {
             );
         }
         let mut tally = CommandTally::default();
-        let mut charges: Vec<(PaymentMethod, ChargeRequest)> = Vec::new();
+        let mut jobs: Vec<GatewayJob> = Vec::new();
         let mut reloads: Vec<(OrderId, &'static str)> = Vec::new();
+        let mut redeliveries: Vec<(OrderId, CommandEnvelope, u8)> = Vec::new();
         let mut conflicts = 0;
-        for ((entry, write), stale) in entries.into_iter().zip(batch.write_of_entry).zip(stale) {
+        for ((mut entry, write), stale) in entries.into_iter().zip(batch.write_of_entry).zip(stale)
+        {
             let (result, failed) = if stale {
                 (Err(EngineError::Conflict(entry.order_id)), false)
             } else {
@@ -378,11 +417,26 @@ impl ShardCore {
             } else if entry.reload {
                 reloads.push((entry.order_id, "panic_or_load_error"));
             }
+            if failed || stale {
+                // A gateway verdict that did not become durable: no client will retry it.
+                if let Some((envelope, n)) = entry.redeliver.take() {
+                    redeliveries.push((entry.order_id, envelope, n));
+                }
+            }
             tally.add(entry.verb, outcome_label(&result));
-            if result.is_ok() && (entry.forwarded || entry.resend) && !entry.charges.is_empty() {
-                // Durable in PaymentProcessing: only now may the gateway be asked. The answer
-                // to `pay` waits for the verdict.
-                charges.extend(entry.charges);
+            if result.is_ok() && !entry.jobs.is_empty() {
+                // Durable (e.g. in PaymentProcessing with a Sending attempt): only now may the
+                // gateway be asked. The answer to `pay` waits for the charge's verdict; any
+                // other answer goes now. Each job keeps an in-flight slot of the order until
+                // its final verdict takes it over, so the order stays live meanwhile.
+                let mut entry_jobs = std::mem::take(&mut entry.jobs);
+                if entry.forwarded || entry.resend {
+                    entry_jobs[0].token = entry.token;
+                } else {
+                    self.resolve(entry.token, result);
+                }
+                self.hold(entry.order_id, entry_jobs.len() - 1);
+                jobs.extend(entry_jobs);
                 continue;
             }
             self.finish(
@@ -400,7 +454,10 @@ impl ShardCore {
         for (order_id, reason) in reloads {
             self.reload(order_id, reason);
         }
-        self.send_charges(charges);
+        for (order_id, envelope, n) in redeliveries {
+            self.redeliver_later(order_id, envelope, n);
+        }
+        self.send_jobs(jobs);
         self.drain_waiting();
     }
 
@@ -454,29 +511,128 @@ impl ShardCore {
         }
     }
 
-    fn send_charges(&self, charges: Vec<(PaymentMethod, ChargeRequest)>) {
-        if charges.is_empty() {
+    /// Keeps `extra` more in-flight slots of an order for gateway jobs beyond the one its
+    /// entry already holds.
+    fn hold(&self, order_id: OrderId, extra: usize) {
+        if extra == 0 {
             return;
         }
-        for method in PaymentMethod::ALL {
-            let requests: Vec<ChargeRequest> = charges
-                .iter()
-                .filter(|(m, _)| *m == method)
-                .map(|(_, r)| r.clone())
-                .collect();
-            if requests.is_empty() {
+        if let Some(entry) = self.live.borrow_mut().get_mut(&order_id) {
+            entry.in_flight += extra as u32;
+        }
+    }
+
+    /// Frees the in-flight slot of a gateway job that ended without a final verdict.
+    fn release(&self, order_id: OrderId) {
+        let mut live = self.live.borrow_mut();
+        if let Some(entry) = live.get_mut(&order_id) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+    }
+
+    /// Hands jobs to their gateway actors: one message per gateway per commit.
+    fn send_jobs(&self, jobs: Vec<GatewayJob>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let mut by_method: [Vec<GatewayJob>; 3] = Default::default();
+        for job in jobs {
+            by_method[job.method.code() as usize].push(job);
+        }
+        for (method, jobs) in PaymentMethod::ALL.into_iter().zip(by_method) {
+            if jobs.is_empty() {
                 continue;
             }
-            let addr = self.gateways.for_method(method).clone();
-            let batch = ChargeBatch {
-                requests,
+            let addr = self.gateways.for_method(method);
+            let work = GatewayWork {
+                jobs,
                 reply_to: self.control.clone(),
             };
-            // `send().await` waits for room in the gateway's bounded mailbox; the number of
-            // such waits is bounded by the charges in flight.
-            actix_rt::spawn(async move {
-                let _ = addr.send(batch).await;
+            match addr.try_send(work) {
+                Ok(()) => {}
+                Err(actix::prelude::SendError::Full(work)) => {
+                    // `send().await` waits for room in the gateway's bounded mailbox; the
+                    // number of such waits is bounded by the jobs in flight.
+                    let addr = addr.clone();
+                    actix_rt::spawn(async move {
+                        let _ = addr.send(work).await;
+                    });
+                }
+                Err(actix::prelude::SendError::Closed(work)) => self.gateway_gone(work.jobs),
+            }
+        }
+    }
+
+    /// The gateway actor is gone (shutdown): charges were provably not sent; other jobs end
+    /// without a verdict and resume on the next start.
+    fn gateway_gone(&self, jobs: Vec<GatewayJob>) {
+        let mut verdicts = Vec::new();
+        let mut released = Vec::new();
+        for job in jobs {
+            match job.kind {
+                crate::gateway::JobKind::Charge { attempt_no } => {
+                    verdicts.push(super::messages::Verdict {
+                        order_id: job.order_id,
+                        fact: super::messages::VerdictFact::Payment {
+                            attempt_no,
+                            result: crate::domain::PaymentResult::FailedNotSent {
+                                reason: "gateway unavailable".into(),
+                            },
+                        },
+                        token: job.token,
+                        last: true,
+                    })
+                }
+                _ => released.push(job.order_id),
+            }
+        }
+        let _ = self.control.send(ShardControl::Verdicts(verdicts));
+        let _ = self.control.send(ShardControl::Released(released));
+    }
+
+    /// Delivers a gateway verdict again after a pause (its write failed).
+    fn redeliver_later(&self, order_id: OrderId, envelope: CommandEnvelope, redeliveries: u8) {
+        if redeliveries >= REDELIVERIES_MAX {
+            tracing::warn!(order = %order_id, "gateway verdict not durable after redeliveries; the order resumes on the next start");
+            return;
+        }
+        let control = self.control.clone();
+        let pause = REDELIVERY_PAUSE * (u32::from(redeliveries) + 1);
+        actix_rt::spawn(async move {
+            tokio::time::sleep(pause).await;
+            let _ = control.send(ShardControl::Redeliver {
+                order_id,
+                envelope,
+                redeliveries: redeliveries + 1,
             });
+        });
+    }
+
+    /// Delivers a job's final verdict to its order, taking over the in-flight slot the job
+    /// held (so the order cannot have been passivated meanwhile).
+    fn deliver_held(self: &Rc<Self>, order_id: OrderId, work: Work, token: usize) {
+        let origin = Origin::Gateway { redeliveries: 0 };
+        let mut live = self.live.borrow_mut();
+        let Some(entry) = live.touch(&order_id, self.now_s()) else {
+            drop(live);
+            self.route(order_id, work, false, token, origin);
+            return;
+        };
+        let message = Deliver {
+            token,
+            work,
+            forwarded: false,
+            origin,
+        };
+        if let Err(error) = entry.addr.try_send(message) {
+            // The actor is gone: drop it and its held slot, and let a fresh one load the
+            // order from its snapshot.
+            live.remove(&order_id);
+            drop(live);
+            let message = match error {
+                actix::prelude::SendError::Full(m) | actix::prelude::SendError::Closed(m) => m,
+            };
+            self.route(order_id, message.work, false, token, origin);
         }
     }
 
@@ -484,49 +640,106 @@ impl ShardCore {
     /// own channel, not behind creates in the shard's mailbox.
     fn handle_control(self: &Rc<Self>, message: ShardControl) {
         match message {
-            ShardControl::PaymentVerdicts(verdicts) => {
+            ShardControl::Verdicts(verdicts) => {
                 for verdict in verdicts {
-                    let envelope = CommandEnvelope {
-                        id: CommandId::derived(
+                    let work =
+                        Work::Request(Request::Command(verdict.fact.envelope(verdict.order_id)));
+                    if verdict.last {
+                        self.deliver_held(verdict.order_id, work, verdict.token);
+                    } else {
+                        self.route(
                             verdict.order_id,
-                            "payment-result",
-                            u32::from(verdict.attempt_no),
-                        ),
-                        command: Command::RecordPaymentResult {
-                            attempt_no: verdict.attempt_no,
-                            result: verdict.result,
-                        },
-                    };
-                    let mut live = self.live.borrow_mut();
-                    match live.get_mut(&verdict.order_id) {
-                        // The order stays live while its `pay` is unanswered (in flight > 0),
-                        // so the verdict reaches the same actor; the token is reused.
-                        Some(entry) => {
-                            let message = Deliver {
-                                token: verdict.token,
-                                request: Request::Command(envelope),
-                                forwarded: false,
-                            };
-                            if entry.addr.try_send(message).is_err() {
-                                drop(live);
-                                self.resolve(
-                                    verdict.token,
-                                    Err(EngineError::Internal("order actor unavailable".into())),
-                                );
-                            }
-                        }
-                        None => {
-                            drop(live);
-                            self.resolve(
-                                verdict.token,
-                                Err(EngineError::Internal(
-                                    "order passivated with a payment in flight".into(),
-                                )),
-                            );
-                        }
+                            work,
+                            false,
+                            verdict.token,
+                            Origin::Gateway { redeliveries: 0 },
+                        );
                     }
                 }
             }
+            ShardControl::Released(order_ids) => {
+                for order_id in order_ids {
+                    self.release(order_id);
+                }
+            }
+            ShardControl::Redeliver {
+                order_id,
+                envelope,
+                redeliveries,
+            } => self.route(
+                order_id,
+                Work::Request(Request::Command(envelope)),
+                false,
+                DETACHED,
+                Origin::Gateway { redeliveries },
+            ),
+        }
+    }
+
+    /// Resumes the gateway work of every order in this shard's index of live payments: each
+    /// page of ids is activated with a `Resume` (query the live attempt, re-send the pending
+    /// refund) and answered before the next page is read, so recovery never floods the live
+    /// set. Bounded in pages and failures.
+    async fn recover_payments(self: Rc<Self>) {
+        let page = self.limits.recovery_batch_size;
+        let mut cursor = 0_u128;
+        let mut resumed = 0_u64;
+        let mut failures = 0;
+        for _ in 0..RECOVERY_PAGES_MAX {
+            match self
+                .store
+                .scan_live_payments(self.shard, cursor, page)
+                .await
+            {
+                Ok((next, ids)) => {
+                    failures = 0;
+                    if !ids.is_empty() {
+                        resumed += ids.len() as u64;
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        self.resume_page(ids, tx);
+                        let _ = tokio::time::timeout(RECOVERY_PAGE_TIMEOUT, rx).await;
+                    }
+                    cursor = next;
+                    if next == 0 {
+                        break;
+                    }
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(shard = self.shard, %error, "payment recovery scan failed");
+                    if failures >= RECOVERY_FAILURES_MAX {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        if resumed > 0 {
+            tracing::info!(
+                shard = self.shard,
+                resumed,
+                "resumed orders with live payments"
+            );
+            telemetry::record_payments_resumed(resumed);
+        }
+    }
+
+    fn resume_page(
+        self: &Rc<Self>,
+        ids: Vec<OrderId>,
+        reply: tokio::sync::oneshot::Sender<Vec<(u32, CommandResult)>>,
+    ) {
+        let collector = Rc::new(RefCell::new(BatchCollector {
+            results: Vec::with_capacity(ids.len()),
+            remaining: ids.len(),
+            reply: Some(reply),
+        }));
+        for (index, order_id) in ids.into_iter().enumerate() {
+            let token = self.replies.borrow_mut().insert(PendingReply::Many {
+                collector: Rc::clone(&collector),
+                index: index as u32,
+            });
+            self.route(order_id, Work::Resume, false, token, Origin::Client);
         }
     }
 
@@ -603,6 +816,7 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         actix_rt::spawn(Rc::clone(&self.core).run_commits());
+        actix_rt::spawn(Rc::clone(&self.core).recover_payments());
         if let Some(mut rx) = self.control_rx.take() {
             let core = Rc::clone(&self.core);
             actix_rt::spawn(async move {

@@ -5,7 +5,8 @@
 //! `EVALSHA` of a compare-and-set script (as Orleans' Redis grain storage does): for every
 //! order it checks the stored version and writes the new snapshot, then appends the events of
 //! the written orders to the shard's capped outbox stream `<prefix>:{<shard>}:events` as one
-//! entry per batch (field `<order-id>:<version>`, value the event name), all atomically.
+//! entry per batch (field `<order-id>:<version>`, value the event name), and keeps the shard's
+//! set `<prefix>:{<shard>}:payments` of orders with live gateway work, all atomically.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,42 +14,60 @@ use std::time::Duration;
 use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
-use super::{SnapshotStore, SnapshotWrite, StoreError, WriteOutcome};
+use super::{IndexChange, SnapshotStore, SnapshotWrite, StoreError, WriteOutcome};
 use crate::config::RedisSettings;
 use crate::domain::OrderId;
 
-/// Compare-and-set of a batch of snapshots plus their outbox events.
-/// KEYS[1] = outbox stream, KEYS[2..] = order keys.
+/// Compare-and-set of a batch of snapshots plus their outbox events and the shard's index of
+/// orders with live gateway work.
+/// KEYS[1] = outbox stream, KEYS[2] = live-payments set, KEYS[3..] = order keys.
 /// ARGV[1] = stream MAXLEN (0: no outbox), then per order: expected version, new version,
-/// snapshot bytes, event count n, then n pairs (`<order-id>:<version>`, event name).
+/// snapshot bytes, index change (0 none, 1 add, 2 remove), event count n, then n pairs
+/// (`<order-id>:<version>`, event name).
 /// Returns one integer per order: -1 written, otherwise the stored version (a conflict).
 ///
 /// Events of all written orders go into ONE stream entry per batch (field = order:version,
-/// value = event name, in commit order): each `redis.call` costs about 2 µs of script overhead,
-/// and one XADD per order was a third of the script's time.
+/// value = event name, in commit order), and index changes into one SADD and one SREM per
+/// batch: each `redis.call` costs about 2 µs of script overhead, and one XADD per order was a
+/// third of the script's time. Only written orders change the index, so it always agrees with
+/// the snapshots.
 const WRITE_BATCH_LUA: &str = r#"
 local maxlen = tonumber(ARGV[1])
 local results = {}
 local events = {}
+local adds = {}
+local removes = {}
 local a = 2
-for i = 2, #KEYS do
+for i = 3, #KEYS do
   local key = KEYS[i]
-  local n = tonumber(ARGV[a + 3])
+  local n = tonumber(ARGV[a + 4])
   local stored = tonumber(redis.call('HGET', key, 'v') or '0')
   if stored == tonumber(ARGV[a]) then
     redis.call('HSET', key, 'v', ARGV[a + 1], 's', ARGV[a + 2])
     for j = 1, 2 * n do
-      events[#events + 1] = ARGV[a + 3 + j]
+      events[#events + 1] = ARGV[a + 4 + j]
     end
-    results[i - 1] = -1
+    local change = ARGV[a + 3]
+    if change == '1' then
+      adds[#adds + 1] = string.sub(key, -36)
+    elseif change == '2' then
+      removes[#removes + 1] = string.sub(key, -36)
+    end
+    results[i - 2] = -1
   else
-    results[i - 1] = stored
+    results[i - 2] = stored
   end
-  a = a + 4 + 2 * n
+  a = a + 5 + 2 * n
+end
+-- unpack() is bounded by Lua's C stack: send in chunks.
+local chunk = 4000
+for first = 1, #adds, chunk do
+  redis.call('SADD', KEYS[2], unpack(adds, first, math.min(first + chunk - 1, #adds)))
+end
+for first = 1, #removes, chunk do
+  redis.call('SREM', KEYS[2], unpack(removes, first, math.min(first + chunk - 1, #removes)))
 end
 if maxlen > 0 then
-  -- unpack() is bounded by Lua's C stack: append in chunks.
-  local chunk = 4000
   for first = 1, #events, chunk do
     local last = math.min(first + chunk - 1, #events)
     redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(events, first, last))
@@ -106,6 +125,12 @@ impl RedisStore {
     /// The key of a shard's outbox stream.
     pub fn events_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:events")
+    }
+
+    /// The key of a shard's set of orders with live gateway work (a live payment attempt or a
+    /// pending refund), scanned on start to resume them.
+    pub fn payments_key(prefix: &str, shard: u32) -> String {
+        format!("{prefix}:{{{shard}}}:payments")
     }
 
     fn connection(&self, shard: u32) -> ConnectionManager {
@@ -170,13 +195,20 @@ impl SnapshotStore for RedisStore {
             let mut invocation = script.prepare_invoke();
             invocation
                 .key(RedisStore::events_key(&prefix, shard))
+                .key(RedisStore::payments_key(&prefix, shard))
                 .arg(maxlen);
             for write in &writes {
+                let change = match write.payments_index {
+                    IndexChange::Unchanged => 0,
+                    IndexChange::Add => 1,
+                    IndexChange::Remove => 2,
+                };
                 invocation
                     .key(RedisStore::order_key(&prefix, shard, write.order_id))
                     .arg(write.expected_version)
                     .arg(write.version)
                     .arg(&write.bytes[..])
+                    .arg(change)
                     .arg(write.events.len());
                 let field = format!("{}:{}", write.order_id, write.version);
                 for event in &write.events {
@@ -209,6 +241,34 @@ impl SnapshotStore for RedisStore {
                     }
                 })
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn scan_live_payments(
+        &self,
+        shard: u32,
+        cursor: u128,
+        count: usize,
+    ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
+        let mut connection = self.connection(shard);
+        let key = RedisStore::payments_key(&self.prefix, shard);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            RedisStore::with_timeout(timeout_ms, async {
+                let (next, members): (u64, Vec<String>) = redis::cmd("SSCAN")
+                    .arg(&key)
+                    .arg(cursor as u64)
+                    .arg("COUNT")
+                    .arg(count.max(1))
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                // A member that is not an order id was not written by this engine: skip it.
+                let ids = members.iter().filter_map(|m| OrderId::parse(m)).collect();
+                Ok((u128::from(next), ids))
+            })
+            .await
         }
         .boxed()
     }
