@@ -4,7 +4,8 @@
 //! opens the circuit breaker and half-open probes close it again; a hard decline is never
 //! retried; a late success after cancel is refunded; a mismatched captured amount puts the
 //! order on hold; partial refunds go through; and a restarted engine resumes a live attempt by
-//! querying it, never by charging it again.
+//! querying it, never by charging it again. With the simulated gateways: a slow gateway never
+//! holds up another, and the concurrency and rate limits shape a gateway's calls.
 
 #[path = "../load-tests/src/bin/mock_payments.rs"]
 #[allow(dead_code)]
@@ -488,4 +489,116 @@ async fn a_restarted_engine_resumes_a_live_attempt_by_querying_it() {
     assert_eq!(stat(&stats, "charge_requests"), 1, "{stats}");
     assert!(stat(&stats, "queries") >= 1, "{stats}");
     engine_b.stop();
+}
+
+/// Embedded defaults (simulated gateways) where `card` answers every call after `latency_ms`.
+fn simulated_settings(card_latency_ms: u64) -> Settings {
+    let mut settings = Settings::embedded_default().expect("embedded settings load");
+    settings.engine.shards = 4;
+    settings.engine.arbiters = 1;
+    settings.payments.fault_profiles.insert(
+        "test_slow".into(),
+        orderly::config::FaultProfile {
+            latency_base_ms: card_latency_ms,
+            ..Default::default()
+        },
+    );
+    settings
+        .gateways
+        .get_mut("card")
+        .expect("card gateway configured")
+        .fault_profile = "test_slow".into();
+    settings
+}
+
+async fn place_with(engine: &Engine, n: u64, method: &str) -> OrderId {
+    let mut order = new_order(n);
+    order.payment_method =
+        orderly::domain::PaymentMethod::parse(method).expect("a known payment method");
+    acked(
+        within("place", engine.place(order, Admission::Wait)).await,
+        "place",
+    )
+    .id()
+}
+
+/// Each gateway is its own actor with async I/O: while the card gateway takes 1.5 s per
+/// charge, alipay payments are answered at once.
+#[actix_rt::test]
+async fn a_slow_gateway_does_not_hold_up_the_others() {
+    let (engine, _) = engine_with(&simulated_settings(1_500)).await;
+    let mut card = Vec::new();
+    let mut alipay = Vec::new();
+    for n in 0..5 {
+        card.push(place_with(&engine, n, "card").await);
+        alipay.push(place_with(&engine, 100 + n, "alipay").await);
+    }
+    let slow = {
+        let engine = engine.clone();
+        let items = card
+            .iter()
+            .map(|id| BatchItem::command(*id, pay()))
+            .collect();
+        actix_rt::spawn(async move { engine.execute_batch(items, Admission::Wait).await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let started = Instant::now();
+    let items = alipay
+        .iter()
+        .map(|id| BatchItem::command(*id, pay()))
+        .collect();
+    for result in within("alipay pays", engine.execute_batch(items, Admission::Wait)).await {
+        assert_eq!(acked(result, "alipay pay").status, OrderStatus::Paid);
+    }
+    let fast = started.elapsed();
+    assert!(
+        !slow.is_finished(),
+        "the slow card payments finished before the alipay ones ({fast:?})"
+    );
+    assert!(fast < Duration::from_millis(1_000), "alipay took {fast:?}");
+    for result in within("card pays", slow).await.expect("card task") {
+        assert_eq!(acked(result, "card pay").status, OrderStatus::Paid);
+    }
+    engine.stop();
+}
+
+/// The concurrency limit and the token bucket shape a gateway's calls: with one call at a
+/// time of 100 ms, five charges take at least 500 ms; at 10 calls/s with a burst of 1, they take
+/// at least 400 ms even with no latency.
+#[actix_rt::test]
+async fn concurrency_and_rate_limits_shape_a_gateway() {
+    let mut settings = simulated_settings(100);
+    settings
+        .gateways
+        .get_mut("card")
+        .expect("card gateway configured")
+        .concurrency_max = 1;
+    let limited = settings
+        .gateways
+        .get_mut("alipay")
+        .expect("alipay gateway configured");
+    limited.rate_limit_per_s = 10;
+    limited.rate_limit_burst = 1;
+    let (engine, _) = engine_with(&settings).await;
+    for method in ["card", "alipay"] {
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(place_with(&engine, n, method).await);
+        }
+        let started = Instant::now();
+        let items = ids
+            .iter()
+            .map(|id| BatchItem::command(*id, pay()))
+            .collect();
+        for result in within("pays", engine.execute_batch(items, Admission::Wait)).await {
+            assert_eq!(acked(result, "pay").status, OrderStatus::Paid);
+        }
+        let took = started.elapsed();
+        let floor = if method == "card" { 500 } else { 400 };
+        assert!(
+            took >= Duration::from_millis(floor),
+            "{method}: five charges took only {took:?}"
+        );
+    }
+    engine.stop();
 }

@@ -230,8 +230,8 @@ impl GatewayCore {
     async fn charge(&self, job: &GatewayJob, attempt_no: u16) -> PaymentResult {
         self.count(|s| s.attempts += 1);
         let call = ChargeCall {
-            key: format!("{}:{attempt_no}", job.order_id),
             order_id: job.order_id,
+            attempt_no,
             amount_minor: job.amount_minor,
             currency: job.currency,
             method: job.method.as_str(),

@@ -146,7 +146,7 @@ impl Gateway for HttpGateway {
     fn charge(&self, call: ChargeCall) -> BoxFuture<'static, Result<ChargeReply, GatewayError>> {
         let request = self
             .request(reqwest::Method::POST, "/v1/charges")
-            .header("Idempotency-Key", call.key.as_str())
+            .header("Idempotency-Key", call.key())
             .json(&serde_json::json!({
                 "order_id": call.order_id.to_string(),
                 "amount_minor": call.amount_minor,

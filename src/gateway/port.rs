@@ -11,19 +11,28 @@ use futures_util::future::BoxFuture;
 
 use crate::domain::{Currency, OrderId};
 
-/// One charge (authorize and capture in one call).
+/// One charge (authorize and capture in one call), under the idempotency key
+/// `order_id:attempt_no` ([`ChargeCall::key`]): the gateway charges a key at most once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChargeCall {
-    /// Idempotency key `order_id:attempt_no`; the gateway charges a key at most once.
-    pub key: String,
-    /// The order, for the gateway's records.
+    /// The order.
     pub order_id: OrderId,
+    /// The attempt within the order.
+    pub attempt_no: u16,
     /// Amount, minor units of `currency`.
     pub amount_minor: i64,
     /// Currency.
     pub currency: Currency,
     /// Payment method name (`card`, `alipay`, `wechat`).
     pub method: &'static str,
+}
+
+impl ChargeCall {
+    /// The idempotency key `order_id:attempt_no`. Built on demand: the in-process gateway
+    /// keys its books by the numbers and never needs the text.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.order_id, self.attempt_no)
+    }
 }
 
 /// A gateway's definite answer to a charge.
@@ -226,7 +235,7 @@ impl GatewayError {
 /// timeouts, retries, backoff, circuit breaking and limits belong to the gateway actor.
 /// Futures are `'static` so the actor can run many calls concurrently.
 pub trait Gateway: Send + Sync + 'static {
-    /// Authorizes and captures `call.amount_minor` under the idempotency key `call.key`.
+    /// Authorizes and captures `call.amount_minor` under the idempotency key `call.key()`.
     fn charge(&self, call: ChargeCall) -> BoxFuture<'static, Result<ChargeReply, GatewayError>>;
 
     /// Looks up the charge made under `key`.

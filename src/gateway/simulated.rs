@@ -167,7 +167,8 @@ impl SimulatedGateway {
                 false,
             ));
         }
-        let key = parse_key(&call.key, false).map_err(|e| (e, false))?;
+        let (hi, lo) = call.order_id.as_uuid().as_u64_pair();
+        let key = (hi, lo, call.attempt_no);
         let now_ms = self.now_ms();
         let mut books = self.books();
         if let Some(record) = books.charges.get_mut(&key) {
@@ -446,8 +447,8 @@ mod tests {
 
     fn call(order: OrderId, attempt: u16) -> ChargeCall {
         ChargeCall {
-            key: format!("{order}:{attempt}"),
             order_id: order,
+            attempt_no: attempt,
             amount_minor: 1000,
             currency: Currency::USD,
             method: "card",
