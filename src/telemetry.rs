@@ -449,6 +449,11 @@ impl GatewayMetrics {
         self.needs_review.increment(1);
     }
 
+    /// The breaker's state is `gauge_value` (0 closed, 1 half-open, 2 open), e.g. at start.
+    pub(crate) fn breaker_state(&self, gauge_value: f64) {
+        self.breaker_state.set(gauge_value);
+    }
+
     /// The breaker's state changed to `to` (`gauge`: 0 closed, 1 half-open, 2 open).
     pub(crate) fn breaker(&self, to: &'static str, gauge_value: f64) {
         self.breaker_state.set(gauge_value);

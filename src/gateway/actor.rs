@@ -578,7 +578,7 @@ impl GatewayActor {
             .filter(|l| l.rate_limit_per_s > 0)
             .map(|l| RefCell::new(TokenBucket::new(l.rate_limit_per_s, l.rate_limit_burst)));
         let metrics = GatewayMetrics::new(name);
-        metrics.breaker(BreakerState::Closed.as_str(), BreakerState::Closed.gauge());
+        metrics.breaker_state(BreakerState::Closed.gauge());
         GatewayActor {
             core: Rc::new(GatewayCore {
                 name: name.to_string(),
