@@ -555,7 +555,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let t = tally.borrow();
     let mut payments = PaymentsReport {
         gateway: args.gateway.clone(),
-        fault_profile: settings.payments.fault_profile.clone(),
+        // An external payment service injects its own faults, whatever the config says.
+        fault_profile: if args.gateway == "http" {
+            "external".into()
+        } else {
+            settings.payments.fault_profile.clone()
+        },
         pay_commands: t.pay_commands,
         declined_hard_orders: t.declined_hard,
         unsettled: t.unsettled,
