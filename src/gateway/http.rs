@@ -87,6 +87,17 @@ fn status_error(status: reqwest::StatusCode, body: &str) -> GatewayError {
     }
 }
 
+/// Passes a successful response through; turns any other status into its classified error
+/// (the body, bounded, goes into the message).
+async fn success_or_error(response: reqwest::Response) -> Result<reqwest::Response, GatewayError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let body = response.text().await.unwrap_or_default();
+    Err(status_error(status, &body))
+}
+
 async fn read_status(response: reqwest::Response) -> Result<StatusBody, GatewayError> {
     let bytes = response
         .bytes()
@@ -155,11 +166,7 @@ impl Gateway for HttpGateway {
             }));
         async move {
             let response = request.send().await.map_err(send_error)?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
+            let response = success_or_error(response).await?;
             charge_reply(read_status(response).await?)
         }
         .boxed()
@@ -173,10 +180,7 @@ impl Gateway for HttpGateway {
             if status == reqwest::StatusCode::NOT_FOUND {
                 return Ok(QueryReply::NotFound);
             }
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
+            let response = success_or_error(response).await?;
             Ok(match charge_reply(read_status(response).await?)? {
                 ChargeReply::Captured {
                     amount_minor,
@@ -204,10 +208,7 @@ impl Gateway for HttpGateway {
                     reason: body.reason(),
                 });
             }
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
+            let response = success_or_error(response).await?;
             let body = read_status(response).await?;
             match body.status.as_str() {
                 "voided" => Ok(ReverseReply::Reversed),
@@ -230,11 +231,7 @@ impl Gateway for HttpGateway {
             }));
         async move {
             let response = request.send().await.map_err(send_error)?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
+            let response = success_or_error(response).await?;
             let body = read_status(response).await?;
             match body.status.as_str() {
                 "refunded" => Ok(RefundReply::Refunded),
@@ -253,11 +250,7 @@ impl Gateway for HttpGateway {
         let request = self.request(reqwest::Method::GET, "/v1/stats");
         async move {
             let response = request.send().await.map_err(send_error)?;
-            let status = response.status();
-            if !status.is_success() {
-                let body = response.text().await.unwrap_or_default();
-                return Err(status_error(status, &body));
-            }
+            let response = success_or_error(response).await?;
             let bytes = response
                 .bytes()
                 .await
