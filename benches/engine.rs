@@ -23,7 +23,7 @@ use orderly::engine::{Admission, BatchItem, Engine};
 use orderly::store::memory::MemoryStore;
 use orderly::store::redis::RedisStore;
 use orderly::store::snapshot::{decode, encode};
-use orderly::store::{SnapshotStore, SnapshotWrite, WriteOutcome};
+use orderly::store::{LeaseOwner, SnapshotStore, SnapshotWrite};
 
 // Same allocator as the `orderly` binary, so the numbers match what it would see.
 #[global_allocator]
@@ -389,8 +389,9 @@ fn bench_redis_batch_write(c: &mut Criterion) {
         ))
         .expect("connect to the throw-away redis-server");
 
-    // 256 realistic shipped orders of one shard; every write moves each order one version up,
-    // so the store's version check passes and the key count stays fixed.
+    // 256 realistic shipped orders of one shard; every write moves each order one version up
+    // and the key count stays fixed. The writer holds the shard's lease: each batch is one
+    // fenced MULTI/EXEC.
     let template = prepare().shipped;
     let shard = 0;
     let orders: Vec<(OrderId, Vec<u8>)> = (0..REDIS_BATCH)
@@ -409,7 +410,6 @@ fn bench_redis_batch_write(c: &mut Criterion) {
             .iter()
             .map(|(order_id, bytes)| SnapshotWrite {
                 order_id: *order_id,
-                expected_version: version - 1,
                 version,
                 bytes: bytes.clone(),
                 events: vec!["order_shipped"],
@@ -418,6 +418,15 @@ fn bench_redis_batch_write(c: &mut Criterion) {
             .collect::<Vec<_>>()
     };
 
+    let owner = LeaseOwner {
+        node_id: "bench".into(),
+        ttl_ms: 600_000,
+    };
+    let mut writer = store.shard_writer(shard, &owner);
+    runtime
+        .block_on(writer.acquire())
+        .expect("acquire the lease")
+        .expect("the lease is free");
     let mut group = c.benchmark_group("redis_batch_write");
     // A batch takes milliseconds: 20 samples (210 batches at least) fit a 3 s measurement.
     group.sample_size(20);
@@ -429,21 +438,15 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 for _ in 0..iters {
                     let writes = next_batch();
                     let started = Instant::now();
-                    let outcomes = store
-                        .write_batch(shard, writes)
-                        .await
-                        .expect("redis batch write");
+                    writer.write(writes).await.expect("fenced batch write");
                     measured += started.elapsed();
-                    assert!(
-                        outcomes.iter().all(|o| *o == WriteOutcome::Written),
-                        "version-checked writes all pass"
-                    );
                 }
                 measured
             })
         })
     });
     group.finish();
+    drop(writer);
     drop(store);
     drop(runtime);
     drop(server);

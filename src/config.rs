@@ -49,6 +49,8 @@ pub struct Settings {
     pub commit: CommitSettings,
     /// Snapshot store.
     pub store: StoreSettings,
+    /// Shard ownership: this node's id and the fenced leases it holds on its shards.
+    pub cluster: ClusterSettings,
     /// Order timing rules.
     pub orders: OrderSettings,
     /// HTTP edge.
@@ -320,6 +322,44 @@ pub struct CommitSettings {
     pub flush_interval_us: u64,
 }
 
+/// Shard ownership. Each logical shard has one owner at a time, holding a lease with a TTL and
+/// a fencing token that only grows; every batch write is checked against the token once.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSettings {
+    /// This node's id in shard leases; empty: the host name. A restart under the same id takes
+    /// its shards back at once (with a new token that fences the previous incarnation).
+    pub node_id: String,
+    /// Lifetime of a shard lease that is not renewed.
+    pub lease_ttl_ms: u64,
+    /// How often the owner renews its leases; 0: a third of `lease_ttl_ms`.
+    pub lease_renew_interval_ms: u64,
+}
+
+impl ClusterSettings {
+    /// The node id to use: the configured one, else the host name, else `orderly`.
+    pub fn effective_node_id(&self) -> String {
+        if !self.node_id.is_empty() {
+            return self.node_id.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "orderly".to_string())
+    }
+
+    /// The renewal period to use.
+    pub fn effective_renew_interval_ms(&self) -> u64 {
+        if self.lease_renew_interval_ms == 0 {
+            (self.lease_ttl_ms / 3).max(1)
+        } else {
+            self.lease_renew_interval_ms
+        }
+    }
+}
+
 /// Snapshot store.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -450,7 +490,8 @@ impl Settings {
         Ok(settings)
     }
 
-    fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks every bound; `load` calls it, and so must anything that changes settings after.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |path: &str, message: &str| {
             Err(ConfigError::Invalid {
                 path: path.into(),
@@ -477,6 +518,27 @@ impl Settings {
         }
         if self.store.redis.connections == 0 || self.store.redis.connections > 64 {
             return invalid("store.redis.connections", "must be 1..=64");
+        }
+        if self.cluster.lease_ttl_ms < 100 || self.cluster.lease_ttl_ms > 3_600_000 {
+            return invalid("cluster.lease_ttl_ms", "must be 100..=3600000");
+        }
+        if self.cluster.lease_renew_interval_ms >= self.cluster.lease_ttl_ms {
+            return invalid(
+                "cluster.lease_renew_interval_ms",
+                "must be shorter than cluster.lease_ttl_ms (0: a third of it)",
+            );
+        }
+        if self.cluster.node_id.len() > 128
+            || self
+                .cluster
+                .node_id
+                .chars()
+                .any(|c| c.is_control() || c.is_whitespace())
+        {
+            return invalid(
+                "cluster.node_id",
+                "must be at most 128 characters without spaces or control characters",
+            );
         }
         self.validate_payments()
     }

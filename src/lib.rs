@@ -2,8 +2,8 @@
 //!
 //! Map of the crate (layers point one way: `domain` ← `engine` ← edges):
 //! - [`domain`]: pure Rust: money, orders, payment records, the state machine `apply`.
-//! - [`store`]: the snapshot store port, with the in-memory and Redis implementations and the
-//!   versioned MessagePack snapshot codec.
+//! - [`store`]: the snapshot store port (fenced shard leases, atomic batch writes), with the
+//!   in-memory and Redis implementations and the versioned MessagePack snapshot codec.
 //! - [`engine`]: actors: the cloneable [`engine::Engine`] handle, shard actors (routing,
 //!   activation, passivation, supervision, group commit) and one order actor per live order.
 //! - [`gateway`]: payment gateways (the in-process simulated gateway actor).
@@ -13,9 +13,12 @@
 //! - [`telemetry`]: every metric name, description and histogram bucket.
 //! - [`wire`]: the JSON shape of an order for clients.
 //! - [`api`]: the HTTP edge (actix-web): orders, bulk NDJSON, health, metrics, OpenAPI.
+//! - [`app`]: the composition root: store → engine → HTTP app, shared by `serve`, `demo` and
+//!   the tests.
 //! - [`cli`]: the `orderly` command line (`serve`, `demo`, `inspect`).
 
 pub mod api;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod domain;

@@ -13,8 +13,10 @@ use metrics::{
 pub const COMMANDS_TOTAL: &str = "orderly_commands_total";
 /// Snapshots written by group commit.
 pub const SNAPSHOTS_WRITTEN_TOTAL: &str = "orderly_snapshots_written_total";
-/// Version-check conflicts refused by the store.
-pub const WRITE_CONFLICTS_TOTAL: &str = "orderly_write_conflicts_total";
+/// Shard lease events, by `event` ([`LeaseEvent`]).
+pub const LEASE_EVENTS_TOTAL: &str = "orderly_shard_lease_events_total";
+/// Shards whose lease this node holds now.
+pub const SHARDS_OWNED: &str = "orderly_shards_owned";
 /// Commit batches that failed in the store.
 pub const COMMIT_FAILURES_TOTAL: &str = "orderly_commit_failures_total";
 /// Snapshots per commit batch.
@@ -74,9 +76,14 @@ pub fn describe() {
         "Order snapshots written by group commit."
     );
     describe_counter!(
-        WRITE_CONFLICTS_TOTAL,
+        LEASE_EVENTS_TOTAL,
         Unit::Count,
-        "Snapshot writes refused by the version check."
+        "Shard lease events: acquired, renewed, renewal_failed (store unreachable), renewal_refused and write_refused (the lease moved: the shard stopped), released."
+    );
+    describe_gauge!(
+        SHARDS_OWNED,
+        Unit::Count,
+        "Shards whose lease this node holds now."
     );
     describe_counter!(
         COMMIT_FAILURES_TOTAL,
@@ -222,9 +229,63 @@ pub(crate) fn record_commit(
     }
 }
 
-/// Records conflicts found in one batch.
-pub(crate) fn record_conflicts(n: u64) {
-    counter!(WRITE_CONFLICTS_TOTAL).increment(n);
+/// What happened to a shard lease; the `event` label of [`LEASE_EVENTS_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEvent {
+    /// Taken (free, expired, or held under this node's id), with a new token.
+    Acquired,
+    /// Extended by its TTL.
+    Renewed,
+    /// The store could not be asked; the lease may still be held.
+    RenewalFailed,
+    /// The store refused the renewal: the lease moved. The shard stopped.
+    RenewalRefused,
+    /// The store refused a batch: the lease moved. The shard stopped.
+    WriteRefused,
+    /// Given up for a graceful stop.
+    Released,
+}
+
+impl LeaseEvent {
+    /// Every event, so each series exists before its first occurrence.
+    pub const ALL: [LeaseEvent; 6] = [
+        LeaseEvent::Acquired,
+        LeaseEvent::Renewed,
+        LeaseEvent::RenewalFailed,
+        LeaseEvent::RenewalRefused,
+        LeaseEvent::WriteRefused,
+        LeaseEvent::Released,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEvent::Acquired => "acquired",
+            LeaseEvent::Renewed => "renewed",
+            LeaseEvent::RenewalFailed => "renewal_failed",
+            LeaseEvent::RenewalRefused => "renewal_refused",
+            LeaseEvent::WriteRefused => "write_refused",
+            LeaseEvent::Released => "released",
+        }
+    }
+}
+
+/// Records a lease event (and the owned-shards gauge it changes).
+pub(crate) fn record_lease(event: LeaseEvent) {
+    counter!(LEASE_EVENTS_TOTAL, "event" => event.as_str()).increment(1);
+    match event {
+        LeaseEvent::Acquired => gauge!(SHARDS_OWNED).increment(1.0),
+        LeaseEvent::RenewalRefused | LeaseEvent::WriteRefused | LeaseEvent::Released => {
+            gauge!(SHARDS_OWNED).decrement(1.0)
+        }
+        LeaseEvent::Renewed | LeaseEvent::RenewalFailed => {}
+    }
+}
+
+/// Records the live actors a shard dropped when it lost its lease.
+pub(crate) fn record_lease_lost_actors(n: usize) {
+    counter!(PASSIVATIONS_TOTAL, "reason" => "lease_lost").increment(n as u64);
+    gauge!(LIVE_ORDERS).decrement(n as f64);
 }
 
 /// Records activations and the live count of one shard (gauge per shard label would be high

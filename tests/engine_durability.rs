@@ -1,4 +1,4 @@
-//! Proves the engine's durability contract against a real, throw-away `redis-server`: an answer is only given once the order's snapshot is in the store, acknowledged orders survive engine restarts, Redis restarts and `kill -9`, stale writers are refused, store outages fail commands instead of acknowledging them, passivation keeps the live set bounded, and a repeated command id is applied once.
+//! Proves the engine's durability contract against a real, throw-away `redis-server`: an answer is only given once the order's snapshot is in the store, acknowledged orders survive engine restarts, Redis restarts and `kill -9`, stale writers are refused (by fencing: see `tests/fencing.rs`), store outages fail commands instead of acknowledging them, passivation keeps the live set bounded, and a repeated command id is applied once.
 
 mod support;
 
@@ -15,9 +15,8 @@ use orderly::domain::{
 use orderly::engine::{
     Admission, BatchItem, CommandOutcome, CommandResult, Engine, EngineError, Request,
 };
-use orderly::store::memory::MemoryStore;
 use orderly::store::redis::RedisStore;
-use orderly::store::{SnapshotStore, SnapshotWrite, WriteOutcome};
+use orderly::store::SnapshotStore;
 use support::redis_server::RedisServer;
 
 /// Longest wait for any single engine call or store call in these tests.
@@ -79,10 +78,6 @@ async fn send(engine: &Engine, id: OrderId, envelope: CommandEnvelope) -> Comman
 /// Sends one command with a fresh command id.
 async fn run(engine: &Engine, id: OrderId, command: Command) -> CommandResult {
     send(engine, id, CommandEnvelope::new(command)).await
-}
-
-async fn read(engine: &Engine, id: OrderId) -> CommandResult {
-    within("read", engine.execute(id, Request::Read, Admission::Wait)).await
 }
 
 fn pay() -> Command {
@@ -160,15 +155,7 @@ fn stored_version(
     id: OrderId,
 ) -> Option<i64> {
     let key = RedisStore::order_key(&settings.store.redis.key_prefix, engine.shard_of(id), id);
-    let reply = server.command(&["HGET", &key, "v"]);
-    if reply.is_nil() {
-        return None;
-    }
-    Some(
-        reply
-            .as_int()
-            .unwrap_or_else(|| panic!("HGET {key} v: unexpected reply {reply}")),
-    )
+    support::stored::stored_version(server, &key)
 }
 
 /// Runs a blocking harness operation (stop, restart, kill) off the actix thread, so the Redis
@@ -387,209 +374,6 @@ async fn placed_and_paid_order_survives_redis_restart() {
 #[actix_rt::test]
 async fn placed_and_paid_order_survives_redis_kill9() {
     acknowledged_orders_survive(Between::RedisKill9).await;
-}
-
-fn write(order_id: OrderId, expected_version: u64, version: u64, bytes: &[u8]) -> SnapshotWrite {
-    SnapshotWrite {
-        order_id,
-        expected_version,
-        version,
-        bytes: bytes.to_vec(),
-        events: vec!["test_event"],
-        payments_index: Default::default(),
-    }
-}
-
-/// The store contract on one store: version-checked writes, a stale writer refused with the
-/// stored version and the stored bytes left untouched.
-async fn stale_writes_are_refused(store: Arc<dyn SnapshotStore>, shard: u32) -> (OrderId, OrderId) {
-    let id = OrderId::new();
-    let other = OrderId::new();
-    let kind = store.kind();
-    let outcome = within(
-        "write v1",
-        store.write_batch(shard, vec![write(id, 0, 1, b"snapshot-v1")]),
-    )
-    .await
-    .expect("write v1");
-    assert_eq!(outcome, vec![WriteOutcome::Written], "{kind}: v1");
-    let outcome = within(
-        "write v2",
-        store.write_batch(shard, vec![write(id, 1, 2, b"snapshot-v2")]),
-    )
-    .await
-    .expect("write v2");
-    assert_eq!(outcome, vec![WriteOutcome::Written], "{kind}: v2");
-
-    // A writer that still believes v1 is current, batched with an unrelated fresh order: each
-    // write gets its own verdict.
-    let outcome = within(
-        "stale write",
-        store.write_batch(
-            shard,
-            vec![
-                write(id, 1, 2, b"stale-v2"),
-                write(other, 0, 1, b"other-v1"),
-            ],
-        ),
-    )
-    .await
-    .expect("stale write batch");
-    assert_eq!(
-        outcome,
-        vec![
-            WriteOutcome::Conflict { stored_version: 2 },
-            WriteOutcome::Written
-        ],
-        "{kind}: stale write"
-    );
-    // A second creation of an existing order is stale too.
-    let outcome = within(
-        "double create",
-        store.write_batch(shard, vec![write(id, 0, 1, b"again")]),
-    )
-    .await
-    .expect("double create");
-    assert_eq!(
-        outcome,
-        vec![WriteOutcome::Conflict { stored_version: 2 }],
-        "{kind}: double create"
-    );
-    // A writer ahead of the store is refused as well.
-    let outcome = within(
-        "ahead write",
-        store.write_batch(shard, vec![write(id, 5, 6, b"ahead")]),
-    )
-    .await
-    .expect("ahead write");
-    assert_eq!(
-        outcome,
-        vec![WriteOutcome::Conflict { stored_version: 2 }],
-        "{kind}: ahead write"
-    );
-
-    let stored = within("load", store.load(shard, id)).await.expect("load");
-    assert_eq!(
-        stored.as_deref(),
-        Some(&b"snapshot-v2"[..]),
-        "{kind}: bytes of v2 kept"
-    );
-    let stored = within("load other", store.load(shard, other))
-        .await
-        .expect("load other");
-    assert_eq!(
-        stored.as_deref(),
-        Some(&b"other-v1"[..]),
-        "{kind}: other order"
-    );
-    let missing = within("load missing", store.load(shard, OrderId::new()))
-        .await
-        .expect("load missing");
-    assert_eq!(missing, None, "{kind}: unknown order");
-    (id, other)
-}
-
-/// `write_batch` refuses a stale write with `Conflict { stored_version }` and keeps the stored
-/// snapshot, on Redis (checked through the raw hash and outbox too) and on the memory store.
-#[actix_rt::test]
-async fn stale_write_is_refused_by_the_store() {
-    let server = RedisServer::start();
-    let settings = settings_for(&server.url());
-    let shard = 3;
-    let redis = within(
-        "connect",
-        RedisStore::connect(&server.url(), &settings.store.redis),
-    )
-    .await
-    .expect("connect to harness redis");
-    let (id, other) = stale_writes_are_refused(Arc::new(redis), shard).await;
-
-    let prefix = &settings.store.redis.key_prefix;
-    let key = RedisStore::order_key(prefix, shard, id);
-    assert_eq!(server.command(&["HGET", &key, "v"]).as_int(), Some(2));
-    assert_eq!(
-        server.command(&["HGET", &key, "s"]).as_bytes(),
-        Some(&b"snapshot-v2"[..])
-    );
-    let other_key = RedisStore::order_key(prefix, shard, other);
-    assert_eq!(server.command(&["HGET", &other_key, "v"]).as_int(), Some(1));
-    // Refused writes append no outbox events: v1, v2 and the other order's v1 only.
-    let events = RedisStore::events_key(prefix, shard);
-    assert_eq!(server.command(&["XLEN", &events]).as_int(), Some(3));
-
-    let memory = MemoryStore::new(settings.engine.shards);
-    stale_writes_are_refused(Arc::new(memory), shard).await;
-}
-
-/// Two engines on one Redis: the one holding stale in-memory state is refused with
-/// `Conflict`, reloads, and a retry with a new command id then succeeds.
-#[actix_rt::test]
-async fn stale_engine_is_refused_and_recovers_by_reloading() {
-    let server = RedisServer::start();
-    let settings = settings_for(&server.url());
-    let engine_a = Engine::start(&settings, open_store(&settings).await);
-    let engine_b = Engine::start(&settings, open_store(&settings).await);
-
-    let (id, _, _) = place_and_pay_one(&engine_a, 7).await;
-    let seen_by_b = acked(read(&engine_b, id).await, "read on B");
-    assert_eq!(seen_by_b.order.version, 3);
-    assert_eq!(seen_by_b.order.status, OrderStatus::Paid);
-
-    let shipped = acked(run(&engine_a, id, ship()).await, "ship on A");
-    assert_eq!(shipped.order.version, 4);
-
-    // B still believes the order is Paid at v3; a refund is legal there (and when shipped).
-    let refund = || Command::RefundOrder {
-        amount_minor: Some(100),
-    };
-    match run(&engine_b, id, refund()).await {
-        Err(EngineError::Conflict(conflicting)) => assert_eq!(conflicting, id),
-        other => panic!("stale engine B must get a conflict, got {other:?}"),
-    }
-    assert_eq!(stored_version(&server, &settings, &engine_a, id), Some(4));
-
-    let mut refunded = None;
-    for attempt in 0..20 {
-        match run(&engine_b, id, refund()).await {
-            Ok(outcome) => {
-                refunded = Some(outcome);
-                break;
-            }
-            Err(EngineError::Conflict(_)) | Err(EngineError::Store(_)) => {
-                eprintln!("retry {attempt} on B refused; retrying");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(other) => panic!("retry on B: {other:?}"),
-        }
-    }
-    let refunded = refunded.expect("B's retry succeeded within 20 attempts");
-    assert_eq!(refunded.order.version, 5);
-    assert_eq!(refunded.order.status, OrderStatus::Refunding);
-    // B's gateway answers the refund on its own (a later version): wait until it settled.
-    let mut settled = refunded;
-    for _ in 0..100 {
-        if settled.order.status != OrderStatus::Refunding {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        settled = acked(read(&engine_b, id).await, "read on B");
-    }
-    assert_ne!(settled.order.status, OrderStatus::Refunding);
-    assert_eq!(settled.order.version, 6);
-    assert_eq!(stored_version(&server, &settings, &engine_a, id), Some(6));
-
-    // Now A is the stale one: delivery is legal for the Shipped order it remembers.
-    match run(&engine_a, id, Command::ConfirmDelivery).await {
-        Err(EngineError::Conflict(_)) => {}
-        other => panic!("stale engine A must get a conflict, got {other:?}"),
-    }
-    let on_a = acked(read(&engine_a, id).await, "read on A after reload");
-    assert_eq!(on_a.order.version, 6);
-    assert_eq!(on_a.order.status, settled.order.status);
-    assert_eq!(stored_version(&server, &settings, &engine_a, id), Some(6));
-
-    engine_a.stop();
-    engine_b.stop();
 }
 
 /// While Redis refuses writes (`CLIENT PAUSE … WRITE`), a command is not answered; once the

@@ -150,7 +150,7 @@ fn derived_order_id(entry_id: &str) -> OrderId {
 fn stored_version(redis: &RedisServer, engine: &Engine, entry_id: &str) -> Option<i64> {
     let id = derived_order_id(entry_id);
     let key = RedisStore::order_key("orderly", engine.shard_of(id), id);
-    redis.command(&["HGET", &key, "v"]).as_int()
+    support::stored::stored_version(redis, &key)
 }
 
 /// Polls until the consumer has acknowledged `entries` entries and nothing is pending.

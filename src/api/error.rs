@@ -234,9 +234,10 @@ impl ResponseError for ApiError {
             ApiError::Engine(e) => match e {
                 EngineError::Rejected(r) => rejection_status(r),
                 EngineError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-                EngineError::Store(_) | EngineError::Conflict(_) | EngineError::Stopped => {
-                    StatusCode::SERVICE_UNAVAILABLE
-                }
+                EngineError::Store(_)
+                | EngineError::Conflict(_)
+                | EngineError::Stopped
+                | EngineError::ShardUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
                 EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::OrderNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,

@@ -17,7 +17,6 @@
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -504,10 +503,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         tries: args.pay_tries.clamp(1, 100),
         settle_timeout: Duration::from_millis(args.settle_timeout_ms),
     };
-    let store = crate::store::open(&settings)
+    let store_url = settings.store.url.clone();
+    let orderly = crate::app::Orderly::start(settings.clone())
         .await
-        .with_context(|| format!("opening store {}", settings.store.url))?;
-    let engine = Engine::start(&settings, Arc::clone(&store));
+        .with_context(|| format!("opening store {store_url}"))?;
+    let engine = orderly.engine.clone();
     let tally = Rc::new(RefCell::new(Tally::new()?));
     let next = Rc::new(Cell::new(0_u64));
     let batch = args.batch.clamp(1, 100_000) as u64;
@@ -551,7 +551,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     let live_orders = engine.shard_stats().await.iter().map(|s| s.live).sum();
     let (rss_bytes, peak_rss_bytes) = read_rss();
     let gateways = engine.gateway_stats().await;
-    engine.stop();
+    engine.shutdown().await;
     let t = tally.borrow();
     let mut payments = PaymentsReport {
         gateway: args.gateway.clone(),
@@ -606,7 +606,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
         } else {
             0.0
         },
-        store: store.kind(),
+        store: orderly.store.kind(),
         until: args.until.clone(),
         shards: settings.engine.shards,
         arbiters: settings.arbiter_count(),

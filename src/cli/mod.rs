@@ -33,6 +33,9 @@ pub struct CommonArgs {
     /// Logical shards; overrides the config.
     #[arg(long)]
     pub shards: Option<u32>,
+    /// This node's id in shard leases (`[cluster] node_id`; default the host name).
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
 }
 
 impl CommonArgs {
@@ -45,6 +48,11 @@ impl CommonArgs {
         if let Some(shards) = self.shards {
             settings.engine.shards = shards;
         }
+        if let Some(node_id) = &self.node_id {
+            settings.cluster.node_id = node_id.clone();
+        }
+        // The flags are settings too: check them by the same rules as the files.
+        settings.validate()?;
         Ok(settings)
     }
 }

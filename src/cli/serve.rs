@@ -3,7 +3,7 @@
 use anyhow::Context;
 
 use super::CommonArgs;
-use crate::api::{self, Application};
+use crate::api;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::ingest::{IngestHandle, StreamConsumer};
@@ -30,11 +30,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if api::prometheus_handle().is_none() {
         tracing::warn!("metrics recorder unavailable; /metrics will answer 503");
     }
-    let store = crate::store::open(&settings)
+    let orderly = crate::app::Orderly::start(settings.clone())
         .await
         .with_context(|| format!("opening the store {}", settings.store.url))?;
-    let engine = Engine::start(&settings, store);
-    let app = match Application::build(&settings.api, engine.clone()) {
+    let engine = orderly.engine.clone();
+    let app = match orderly.http() {
         Ok(app) => app,
         Err(error) => {
             engine.stop();
@@ -64,8 +64,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Err(error) => tracing::warn!(%error, "stream ingestion did not stop cleanly"),
         }
     }
-    tracing::info!("HTTP server stopped; stopping the engine");
-    engine.stop();
+    tracing::info!("HTTP server stopped; releasing shard leases and stopping the engine");
+    engine.shutdown().await;
     served.context("HTTP server failed")
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::messages::{CommandResult, EngineError};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::gateway::GatewayJob;
-use crate::store::{IndexChange, SnapshotWrite, WriteOutcome};
+use crate::store::{IndexChange, SnapshotWrite};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
@@ -115,6 +115,8 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
         };
         match by_order.get(&entry.order_id) {
             Some(&(i, live_before)) => {
+                // Versions grow by one per applied command, also within a batch.
+                debug_assert_eq!(write.expected_version, writes[i].version);
                 writes[i].version = write.version;
                 writes[i].bytes = write.bytes;
                 writes[i].events.extend(entry.events.iter().copied());
@@ -124,9 +126,9 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
             None => {
                 by_order.insert(entry.order_id, (writes.len(), write.live_before));
                 write_of_entry.push(Some(writes.len()));
+                debug_assert_eq!(write.expected_version + 1, write.version);
                 writes.push(SnapshotWrite {
                     order_id: entry.order_id,
-                    expected_version: write.expected_version,
                     version: write.version,
                     bytes: write.bytes,
                     events: entry.events.to_vec(),
@@ -141,21 +143,15 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
     }
 }
 
-/// The final answer of an entry given the batch's store outcome.
+/// The final answer of an entry given the batch's store outcome, and whether its order must
+/// reload (its write, or the write it rode on, did not become durable).
 pub(crate) fn settle(
     entry_result: CommandResult,
-    order_id: OrderId,
     write: Option<usize>,
-    outcome: &Result<Vec<WriteOutcome>, crate::store::StoreError>,
+    outcome: &Result<(), EngineError>,
 ) -> (CommandResult, bool) {
-    let Some(i) = write else {
-        return (entry_result, false);
-    };
-    match outcome {
-        Err(error) => (Err(EngineError::Store(error.clone())), true),
-        Ok(outcomes) => match outcomes.get(i) {
-            Some(WriteOutcome::Written) => (entry_result, false),
-            _ => (Err(EngineError::Conflict(order_id)), true),
-        },
+    match (write, outcome) {
+        (None, _) | (Some(_), Ok(())) => (entry_result, false),
+        (Some(_), Err(error)) => (Err(error.clone()), true),
     }
 }

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use actix::Message;
 use tokio::sync::oneshot;
 
-use crate::domain::{
-    Command, CommandEnvelope, CommandId, Order, OrderId, PaymentResult, RefundResult, Rejection,
-};
+use crate::domain::{CommandEnvelope, Order, OrderId, Rejection};
 use crate::store::StoreError;
 
 /// What the engine answers for one command or read.
@@ -40,6 +38,10 @@ pub enum EngineError {
     /// The engine is saturated; retry later.
     #[error("engine overloaded; retry later")]
     Overloaded,
+    /// This node does not own the order's shard right now (its lease was lost or is being
+    /// acquired); nothing was acknowledged. Retry later.
+    #[error("shard {0} is unavailable on this node; retry later")]
+    ShardUnavailable(u32),
     /// The engine is shutting down.
     #[error("engine stopped")]
     Stopped,
@@ -56,6 +58,7 @@ impl EngineError {
             EngineError::Store(_) => "store_unavailable",
             EngineError::Conflict(_) => "conflict_retry",
             EngineError::Overloaded => "overloaded",
+            EngineError::ShardUnavailable(_) => "shard_unavailable",
             EngineError::Stopped => "engine_stopped",
             EngineError::Internal(_) => "internal_error",
         }
@@ -142,96 +145,11 @@ impl Message for Reload {
     type Result = ();
 }
 
-/// The fact a gateway reports about an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum VerdictFact {
-    /// The outcome (or progress) of payment attempt `attempt_no`.
-    Payment {
-        /// The attempt.
-        attempt_no: u16,
-        /// The classified outcome.
-        result: PaymentResult,
-    },
-    /// The outcome of refund `refund_no`.
-    Refund {
-        /// The refund.
-        refund_no: u16,
-        /// The outcome.
-        result: RefundResult,
-    },
-}
-
-impl VerdictFact {
-    /// The command that records this fact, with a deterministic id: the same fact always
-    /// carries the same id, so a verdict delivered twice is applied once, while the distinct
-    /// facts about one attempt (unknown, then reversing, then voided) each apply.
-    pub fn envelope(&self, order_id: OrderId) -> CommandEnvelope {
-        match self {
-            VerdictFact::Payment { attempt_no, result } => {
-                let purpose = match result {
-                    PaymentResult::Succeeded { .. } => "payment-succeeded",
-                    PaymentResult::Declined { .. } => "payment-declined",
-                    PaymentResult::FailedNotSent { .. } => "payment-not-sent",
-                    PaymentResult::Unknown { .. } => "payment-unknown",
-                    PaymentResult::Syncing => "payment-syncing",
-                    PaymentResult::Reversing => "payment-reversing",
-                    PaymentResult::Voided => "payment-voided",
-                    PaymentResult::NeedsReview { .. } => "payment-needs-review",
-                };
-                CommandEnvelope {
-                    id: CommandId::derived(order_id, purpose, u32::from(*attempt_no)),
-                    command: Command::RecordPaymentResult {
-                        attempt_no: *attempt_no,
-                        result: result.clone(),
-                    },
-                }
-            }
-            VerdictFact::Refund { refund_no, result } => CommandEnvelope {
-                id: CommandId::derived(order_id, "refund-result", u32::from(*refund_no)),
-                command: Command::RecordRefundResult {
-                    refund_no: *refund_no,
-                    result: result.clone(),
-                },
-            },
-        }
-    }
-}
-
-/// Gateway → shard: a verdict on one order. Sent on an unbounded channel because its volume is
-/// bounded by construction (a few verdicts per gateway job, and jobs are bounded by live
-/// orders) and it must never wait behind bulk creates.
-#[derive(Debug, Clone)]
-pub struct Verdict {
-    /// The order.
-    pub order_id: OrderId,
-    /// What the gateway found.
-    pub fact: VerdictFact,
-    /// Opaque engine token of a request still waiting for this verdict (a `pay`), or
-    /// [`DETACHED`] when nobody waits.
-    pub token: usize,
-    /// The job's final verdict: it takes over the in-flight slot the job held. Progress
-    /// verdicts (e.g. `Reversing`) are not final.
-    pub last: bool,
-}
-
-/// The token of work no caller waits for (recovery, queries, refunds started by the engine).
-pub const DETACHED: usize = usize::MAX;
-
-/// Control messages a shard consumes ahead of bulk work.
-pub enum ShardControl {
-    /// Verdicts of a gateway.
-    Verdicts(Vec<Verdict>),
-    /// Gateway jobs that ended without a final verdict (e.g. a refund whose outcome is still
-    /// unknown after the sync window): their in-flight slots are freed and the orders stay as
-    /// they are until resumed.
-    Released(Vec<OrderId>),
-    /// A verdict whose write failed, delivered again after a pause.
-    Redeliver {
-        /// The order.
-        order_id: OrderId,
-        /// The verdict's command.
-        envelope: CommandEnvelope,
-        /// How often it was delivered again already.
-        redeliveries: u8,
-    },
+/// A gateway verdict whose write failed, delivered again to its order after a pause; it goes
+/// ahead of bulk work, as gateway replies do.
+pub(crate) struct Redelivery {
+    pub(crate) order_id: OrderId,
+    pub(crate) envelope: CommandEnvelope,
+    /// How often it was delivered again already.
+    pub(crate) redeliveries: u8,
 }

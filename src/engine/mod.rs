@@ -23,9 +23,9 @@ pub use shard::ShardStats;
 use crate::config::Settings;
 use crate::domain::{Command, CommandEnvelope, NewOrder, OrderId};
 use crate::gateway::Gateways;
-use crate::store::SnapshotStore;
+use crate::store::{LeaseOwner, SnapshotStore};
 use messages::{Dispatch, ReplyTo, Routed};
-use shard::{GetShardStats, ShardActor, ShardLimits};
+use shard::{GetShardStats, ReleaseLease, ShardActor, ShardLimits};
 
 /// How a request waits for room in a full shard mailbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,14 +62,19 @@ impl Engine {
         let limits = ShardLimits::from_settings(settings);
         let policy = settings.orders.policy();
         let mailbox = settings.engine.shard_mailbox_capacity;
+        let owner = LeaseOwner {
+            node_id: settings.cluster.effective_node_id().into(),
+            ttl_ms: settings.cluster.lease_ttl_ms,
+        };
         let shards = (0..settings.engine.shards)
             .map(|shard| {
                 let arbiter = &arbiters[shard as usize % arbiters.len()];
                 let store = Arc::clone(&store);
                 let gateways = gateways.clone();
+                let owner = owner.clone();
                 ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(mailbox);
-                    ShardActor::new(shard, store, gateways, policy, limits)
+                    ShardActor::new(shard, store, gateways, policy, limits, &owner)
                 })
             })
             .collect();
@@ -267,8 +272,39 @@ impl Engine {
         self.inner.gateways.stats().await
     }
 
-    /// Stops the shard arbiters. Acknowledged commands are already durable; unacknowledged
-    /// ones are dropped (their callers see `Stopped`).
+    /// Graceful stop: every shard finishes its queued batches and releases its lease (so the
+    /// next owner need not wait for the TTL), then the arbiters stop. Requests arriving
+    /// meanwhile are refused with `shard_unavailable`.
+    pub async fn shutdown(&self) {
+        let releases = self.inner.shards.iter().map(|addr| addr.send(ReleaseLease));
+        let _ = tokio::time::timeout(
+            Duration::from_secs(10),
+            futures_util::future::join_all(releases),
+        )
+        .await;
+        self.stop();
+    }
+
+    /// Waits until every shard holds its lease (or `timeout` passes); true if all do. A start
+    /// serves requests at once (they wait for the first acquisition), so this is for callers
+    /// that want to know, such as readiness checks and tests.
+    pub async fn wait_until_owned(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.shard_stats().await;
+            if stats.iter().all(|s| s.owned) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the shard arbiters without releasing leases (a restart under the same node id
+    /// takes them back at once; another node waits for their TTL). Acknowledged commands are
+    /// already durable; unacknowledged ones are dropped (their callers see `Stopped`).
     pub fn stop(&self) {
         let arbiters = match self.inner.arbiters.lock() {
             Ok(mut guard) => std::mem::take(&mut *guard),

@@ -9,14 +9,12 @@ use std::sync::Arc;
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
 use super::commit::{CommitEntry, PendingWrite};
-use super::messages::{
-    CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work, DETACHED,
-};
+use super::messages::{CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work};
 use super::shard::ShardCore;
 use crate::domain::{
     apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection, Timestamp,
 };
-use crate::gateway::{GatewayJob, JobKind};
+use crate::gateway::{GatewayJob, JobKind, DETACHED};
 use crate::store::{snapshot, StoreError};
 
 /// The actor's copy of its order. Hot (decoded, shared with answers) while it can still change;

@@ -28,7 +28,6 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::Semaphore;
 
 use super::breaker::{BreakerState, BreakerTransitions, CircuitBreaker};
@@ -37,11 +36,11 @@ use super::port::{
     ChargeCall, ChargeReply, FailureClass, Gateway, GatewayAudit, GatewayError, QueryReply,
     RefundCall, RefundReply, ReverseReply,
 };
+use super::reply::{GatewayReply, ReplySender, Verdict, VerdictFact, DETACHED};
 use super::retry::{jitter_unit, Backoff};
 use super::{GatewayJob, GatewayWork, JobKind};
 use crate::config::{GatewaySettings, PaymentSettings};
 use crate::domain::{OrderId, PaymentResult, RefundResult};
-use crate::engine::messages::{ShardControl, Verdict, VerdictFact, DETACHED};
 use crate::telemetry::GatewayMetrics;
 
 /// Most sleeps one call spends waiting for a rate-limit token (each at least 1 ms, and all
@@ -328,7 +327,7 @@ impl GatewayCore {
         job: &GatewayJob,
         attempt_no: u16,
         reversing: bool,
-        reply_to: &UnboundedSender<ShardControl>,
+        reply_to: &ReplySender,
     ) -> PaymentResult {
         let key = format!("{}:{attempt_no}", job.order_id);
         let started = Instant::now();
@@ -377,7 +376,7 @@ impl GatewayCore {
             }
         }
         if !reversing {
-            let _ = reply_to.send(ShardControl::Verdicts(vec![Verdict {
+            let _ = reply_to.send(GatewayReply::Verdicts(vec![Verdict {
                 order_id: job.order_id,
                 fact: VerdictFact::Payment {
                     attempt_no,
@@ -493,7 +492,7 @@ impl GatewayCore {
         JobEnd::Released
     }
 
-    async fn run_job(&self, job: &GatewayJob, reply_to: &UnboundedSender<ShardControl>) -> JobEnd {
+    async fn run_job(&self, job: &GatewayJob, reply_to: &ReplySender) -> JobEnd {
         match job.kind {
             JobKind::Charge { attempt_no } => JobEnd::Verdict(VerdictFact::Payment {
                 attempt_no,
@@ -548,10 +547,10 @@ async fn run_work(core: Rc<GatewayCore>, work: GatewayWork) {
         }
         // The shard may be gone during shutdown; its orders then resume from their snapshots.
         if !verdicts.is_empty() {
-            let _ = reply_to.send(ShardControl::Verdicts(verdicts));
+            let _ = reply_to.send(GatewayReply::Verdicts(verdicts));
         }
         if !released.is_empty() {
-            let _ = reply_to.send(ShardControl::Released(released));
+            let _ = reply_to.send(GatewayReply::Released(released));
         }
         core.flush_metrics();
     }

@@ -15,6 +15,7 @@ pub mod breaker;
 pub mod http;
 pub mod limits;
 pub mod port;
+pub mod reply;
 pub mod retry;
 pub mod simulated;
 
@@ -22,13 +23,12 @@ use std::sync::Arc;
 
 use actix::{Actor, Addr, Message};
 use futures_util::future::{BoxFuture, FutureExt};
-use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::Settings;
 use crate::domain::{Currency, OrderId, PaymentMethod};
-use crate::engine::messages::ShardControl;
 pub use actor::{GatewayActor, GatewayStats};
 pub use port::{Gateway, GatewayAudit, GatewayError};
+pub use reply::{GatewayReply, ReplySender, Verdict, VerdictFact, DETACHED};
 
 /// What a job asks of the gateway.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,7 +92,7 @@ pub struct GatewayWork {
     /// The jobs.
     pub jobs: Vec<GatewayJob>,
     /// Where the verdicts go.
-    pub reply_to: UnboundedSender<ShardControl>,
+    pub reply_to: ReplySender,
 }
 
 impl Message for GatewayWork {

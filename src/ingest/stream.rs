@@ -664,6 +664,7 @@ fn classify_placement(result: &CommandResult, fingerprint: u64) -> Verdict {
         Err(EngineError::Store(_))
         | Err(EngineError::Conflict(_))
         | Err(EngineError::Overloaded)
+        | Err(EngineError::ShardUnavailable(_))
         | Err(EngineError::Stopped) => Verdict::Retry,
     }
 }

@@ -1,38 +1,61 @@
-//! The embedded store: snapshots in process memory. Same contract as Redis (version-checked
-//! batch writes), nothing survives the process. The default for demos and tests of the engine.
+//! The embedded store: snapshots in process memory, with the same contract as Redis: shard
+//! leases with fencing tokens that only grow, and batch writes checked once against the token.
+//! Nothing survives the process. The default for demos and tests of the engine.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{IndexChange, SnapshotStore, SnapshotWrite, StoreError, WriteOutcome};
+use super::{
+    IndexChange, Lease, LeaseOwner, ShardWriter, SnapshotStore, SnapshotWrite, StoreError,
+};
 use crate::domain::OrderId;
 
-/// One shard: snapshots by order, and the index of orders with live gateway work (ordered, so
-/// a scan can resume after the last id it returned).
+/// One shard: snapshots by order, the index of orders with live gateway work (ordered, so a
+/// scan can resume after the last id it returned), and the shard's lease.
 #[derive(Default)]
 struct ShardMap {
-    orders: HashMap<OrderId, (u64, Vec<u8>), ahash::RandomState>,
+    orders: HashMap<OrderId, Vec<u8>, ahash::RandomState>,
     live_payments: BTreeSet<OrderId>,
+    /// The last token handed out (the `epoch` counter): only grows.
+    epoch: u64,
+    lease: Option<HeldLease>,
 }
 
-/// In-memory snapshot store, one lock per logical shard (each shard has one writer, so the
-/// locks are uncontended).
-pub struct MemoryStore {
+struct HeldLease {
+    node_id: Arc<str>,
+    token: u64,
+    expires_at: Instant,
+}
+
+impl ShardMap {
+    /// The lease if it has not expired.
+    fn live_lease(&self, now: Instant) -> Option<&HeldLease> {
+        self.lease.as_ref().filter(|l| l.expires_at > now)
+    }
+
+    fn check_token(&self, shard: u32, token: u64) -> Result<(), StoreError> {
+        match self.live_lease(Instant::now()) {
+            Some(lease) if lease.token == token => Ok(()),
+            Some(lease) => Err(StoreError::Fenced {
+                shard,
+                detail: format!("held by {} under token {}", lease.node_id, lease.token),
+            }),
+            None => Err(StoreError::Fenced {
+                shard,
+                detail: "the lease expired".into(),
+            }),
+        }
+    }
+}
+
+struct Shards {
     shards: Vec<Mutex<ShardMap>>,
 }
 
-impl MemoryStore {
-    /// A store for `shards` logical shards.
-    pub fn new(shards: u32) -> MemoryStore {
-        MemoryStore {
-            shards: (0..shards.max(1))
-                .map(|_| Mutex::new(ShardMap::default()))
-                .collect(),
-        }
-    }
-
+impl Shards {
     fn shard(&self, shard: u32) -> std::sync::MutexGuard<'_, ShardMap> {
         let index = shard as usize % self.shards.len();
         // A poisoned lock only means another thread panicked mid-insert of a whole entry;
@@ -41,11 +64,30 @@ impl MemoryStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// In-memory snapshot store, one lock per logical shard (each shard has one writer, so the
+/// locks are uncontended).
+pub struct MemoryStore {
+    inner: Arc<Shards>,
+}
+
+impl MemoryStore {
+    /// A store for `shards` logical shards.
+    pub fn new(shards: u32) -> MemoryStore {
+        MemoryStore {
+            inner: Arc::new(Shards {
+                shards: (0..shards.max(1))
+                    .map(|_| Mutex::new(ShardMap::default()))
+                    .collect(),
+            }),
+        }
+    }
 
     /// Number of stored orders (for reports and tests).
     pub fn len(&self) -> usize {
-        (0..self.shards.len() as u32)
-            .map(|s| self.shard(s).orders.len())
+        (0..self.inner.shards.len() as u32)
+            .map(|s| self.inner.shard(s).orders.len())
             .sum()
     }
 
@@ -54,33 +96,143 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Version-checked batch write, synchronously.
-    pub fn write_now(&self, shard: u32, writes: Vec<SnapshotWrite>) -> Vec<WriteOutcome> {
-        let mut map = self.shard(shard);
-        writes
-            .into_iter()
-            .map(|write| {
-                let stored = map.orders.get(&write.order_id).map_or(0, |(v, _)| *v);
-                if stored == write.expected_version {
-                    map.orders
-                        .insert(write.order_id, (write.version, write.bytes));
-                    match write.payments_index {
-                        IndexChange::Unchanged => {}
-                        IndexChange::Add => {
-                            map.live_payments.insert(write.order_id);
-                        }
-                        IndexChange::Remove => {
-                            map.live_payments.remove(&write.order_id);
-                        }
-                    }
-                    WriteOutcome::Written
-                } else {
-                    WriteOutcome::Conflict {
-                        stored_version: stored,
-                    }
+    /// Drops every shard's lease, as if each had expired: the next node to ask takes it (with
+    /// a new token) and the previous holder's writes are refused. For takeover tests.
+    pub fn expire_leases(&self) {
+        for shard in 0..self.inner.shards.len() as u32 {
+            self.inner.shard(shard).lease = None;
+        }
+    }
+
+    /// Hands every shard's lease to `node_id` under a new token, as a takeover by that node
+    /// would: its engine then acquires the leases as its own, and the previous holder's
+    /// writes and renewals are refused. For takeover tests.
+    pub fn hand_leases_to(&self, node_id: &str, ttl_ms: u64) {
+        for shard in 0..self.inner.shards.len() as u32 {
+            let mut map = self.inner.shard(shard);
+            map.epoch += 1;
+            let token = map.epoch;
+            map.lease = Some(HeldLease {
+                node_id: node_id.into(),
+                token,
+                expires_at: Instant::now() + Duration::from_millis(ttl_ms),
+            });
+        }
+    }
+
+    /// The node id holding `shard`'s lease now, if any.
+    pub fn lease_holder(&self, shard: u32) -> Option<String> {
+        self.inner
+            .shard(shard)
+            .live_lease(Instant::now())
+            .map(|l| l.node_id.to_string())
+    }
+}
+
+/// The writer of one shard of a [`MemoryStore`].
+struct MemoryShardWriter {
+    inner: Arc<Shards>,
+    shard: u32,
+    owner: LeaseOwner,
+    token: Option<u64>,
+}
+
+impl MemoryShardWriter {
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.owner.ttl_ms)
+    }
+
+    fn acquire_now(&mut self) -> Option<Lease> {
+        let now = Instant::now();
+        let mut map = self.inner.shard(self.shard);
+        if let Some(lease) = map.live_lease(now) {
+            if lease.node_id != self.owner.node_id {
+                return None;
+            }
+        }
+        map.epoch += 1;
+        let token = map.epoch;
+        map.lease = Some(HeldLease {
+            node_id: Arc::clone(&self.owner.node_id),
+            token,
+            expires_at: now + self.ttl(),
+        });
+        self.token = Some(token);
+        Some(Lease { token })
+    }
+
+    fn held_token(&self) -> Result<u64, StoreError> {
+        self.token.ok_or_else(|| StoreError::Fenced {
+            shard: self.shard,
+            detail: "no lease held".into(),
+        })
+    }
+
+    fn renew_now(&mut self) -> Result<(), StoreError> {
+        let token = self.held_token()?;
+        let ttl = self.ttl();
+        let mut map = self.inner.shard(self.shard);
+        if let Err(error) = map.check_token(self.shard, token) {
+            drop(map);
+            self.token = None;
+            return Err(error);
+        }
+        if let Some(lease) = map.lease.as_mut() {
+            lease.expires_at = Instant::now() + ttl;
+        }
+        Ok(())
+    }
+
+    fn write_now(&mut self, writes: Vec<SnapshotWrite>) -> Result<(), StoreError> {
+        let token = self.held_token()?;
+        let mut map = self.inner.shard(self.shard);
+        if let Err(error) = map.check_token(self.shard, token) {
+            drop(map);
+            self.token = None;
+            return Err(error);
+        }
+        for write in writes {
+            match write.payments_index {
+                IndexChange::Unchanged => {}
+                IndexChange::Add => {
+                    map.live_payments.insert(write.order_id);
                 }
-            })
-            .collect()
+                IndexChange::Remove => {
+                    map.live_payments.remove(&write.order_id);
+                }
+            }
+            map.orders.insert(write.order_id, write.bytes);
+        }
+        Ok(())
+    }
+
+    fn release_now(&mut self) {
+        let Some(token) = self.token.take() else {
+            return;
+        };
+        let mut map = self.inner.shard(self.shard);
+        if map.lease.as_ref().is_some_and(|l| l.token == token) {
+            map.lease = None;
+        }
+    }
+}
+
+impl ShardWriter for MemoryShardWriter {
+    fn acquire(&mut self) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        future::ready(Ok(self.acquire_now())).boxed()
+    }
+
+    fn renew(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
+        future::ready(self.renew_now()).boxed()
+    }
+
+    fn write(&mut self, writes: Vec<SnapshotWrite>) -> BoxFuture<'_, Result<(), StoreError>> {
+        future::ready(self.write_now(writes)).boxed()
+    }
+
+    fn release(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.release_now();
+        future::ready(Ok(())).boxed()
     }
 }
 
@@ -94,20 +246,17 @@ impl SnapshotStore for MemoryStore {
         shard: u32,
         order_id: OrderId,
     ) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>> {
-        let bytes = self
-            .shard(shard)
-            .orders
-            .get(&order_id)
-            .map(|(_, b)| b.clone());
+        let bytes = self.inner.shard(shard).orders.get(&order_id).cloned();
         future::ready(Ok(bytes)).boxed()
     }
 
-    fn write_batch(
-        &self,
-        shard: u32,
-        writes: Vec<SnapshotWrite>,
-    ) -> BoxFuture<'static, Result<Vec<WriteOutcome>, StoreError>> {
-        future::ready(Ok(self.write_now(shard, writes))).boxed()
+    fn shard_writer(&self, shard: u32, owner: &LeaseOwner) -> Box<dyn ShardWriter> {
+        Box::new(MemoryShardWriter {
+            inner: Arc::clone(&self.inner),
+            shard,
+            owner: owner.clone(),
+            token: None,
+        })
     }
 
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
@@ -121,7 +270,7 @@ impl SnapshotStore for MemoryStore {
         count: usize,
     ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
         // The cursor is the last id returned: the next page starts after it.
-        let map = self.shard(shard);
+        let map = self.inner.shard(shard);
         let start = std::ops::Bound::Excluded(OrderId::from_u128(cursor));
         let ids: Vec<OrderId> = map
             .live_payments

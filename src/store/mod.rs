@@ -1,26 +1,29 @@
 //! The snapshot store port and its implementations.
 //!
-//! A store keeps one snapshot per order under a logical shard. Writes come in per-shard
-//! batches (group commit) and are version-checked: a write names the version it replaces, and a
-//! stale writer (one whose expected version is not the stored one) is refused, so two writers
-//! can never silently overwrite each other.
+//! A store keeps one snapshot per order under a logical shard. A shard has exactly one writer:
+//! the node holding the shard's lease. The lease carries a fencing token taken from a
+//! per-shard counter that only grows, and every batch write is checked against the token once,
+//! inside the same atomic call, so a stale owner (one paused past its TTL, or replaced by a
+//! restart) can never overwrite what the new owner wrote. Orders are not compare-and-set one by
+//! one: fencing the owner is enough, as Temporal fences a history shard by its range id.
 
 pub mod memory;
 pub mod redis;
 pub mod snapshot;
 
+use std::sync::Arc;
+
 use futures_util::future::{BoxFuture, FutureExt};
 
 use crate::domain::OrderId;
 
-/// One version-checked snapshot write.
+/// One snapshot write of a batch. The order's version travels inside the snapshot bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotWrite {
-    /// The order.
+    /// The order written.
     pub order_id: OrderId,
-    /// The version the store must hold now (0: the order must not exist yet).
-    pub expected_version: u64,
-    /// The version being written.
+    /// The version being written (one more than the last durable one); names the outbox
+    /// events as `<order-id>:<version>`.
     pub version: u64,
     /// Encoded snapshot (see [`snapshot`]).
     pub bytes: Vec<u8>,
@@ -29,6 +32,22 @@ pub struct SnapshotWrite {
     /// How this write changes the shard's index of orders with live gateway work (a live
     /// payment attempt or a pending refund), applied atomically with the snapshot.
     pub payments_index: IndexChange,
+}
+
+/// Who asks for shard leases, and for how long a lease lives without renewal.
+#[derive(Debug, Clone)]
+pub struct LeaseOwner {
+    /// This node's id (`[cluster] node_id`).
+    pub node_id: Arc<str>,
+    /// Lease lifetime without renewal.
+    pub ttl_ms: u64,
+}
+
+/// A held shard lease.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The fencing token: strictly greater than any token an earlier owner of the shard held.
+    pub token: u64,
 }
 
 /// A change to a shard's index of orders with live gateway work; the index is what a restarted
@@ -55,18 +74,6 @@ impl IndexChange {
     }
 }
 
-/// The verdict on one write of a batch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteOutcome {
-    /// Stored.
-    Written,
-    /// Refused: the store holds `stored_version`, not the expected one.
-    Conflict {
-        /// What the store holds (0: nothing).
-        stored_version: u64,
-    },
-}
-
 /// Why the store could not do what was asked. Every variant is retryable by the client: the
 /// command was not acknowledged.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,6 +87,34 @@ pub enum StoreError {
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is unreadable: {0}")]
     Corrupt(String),
+    /// This node does not hold the shard's lease (it expired, or another owner took it): the
+    /// write was refused as a whole and nothing of it was stored.
+    #[error("shard {shard} is not owned by this node: {detail}")]
+    Fenced {
+        /// The shard.
+        shard: u32,
+        /// Who holds it now, as far as the store told.
+        detail: String,
+    },
+}
+
+/// The single writer of one shard: it acquires, renews and releases the shard's lease and
+/// writes fenced batches. A shard's commit loop owns it; calls never overlap.
+pub trait ShardWriter: Send + 'static {
+    /// Takes the shard's lease when it is free, expired, or held under this node's id (a
+    /// restart of the same node), with a new token. `Ok(None)`: another node holds it.
+    fn acquire(&mut self) -> BoxFuture<'_, Result<Option<Lease>, StoreError>>;
+
+    /// Extends the held lease by its TTL; `Err(Fenced)` when the lease moved or expired.
+    fn renew(&mut self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Writes a batch (snapshots, outbox events, payments index) as one atomic unit, checked
+    /// once against the held token. On `Err` nothing is acknowledged; on `Timeout` the outcome
+    /// is unknown.
+    fn write(&mut self, writes: Vec<SnapshotWrite>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Gives the lease up (graceful stop), if still held, so the next owner need not wait.
+    fn release(&mut self) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// The snapshot store port: an embedded implementation ([`memory::MemoryStore`]) and a
@@ -95,13 +130,8 @@ pub trait SnapshotStore: Send + Sync + 'static {
         order_id: OrderId,
     ) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>>;
 
-    /// Writes a batch of snapshots of one shard, each version-checked. The batch is applied as
-    /// a unit of IO (one round trip); each write gets its own outcome.
-    fn write_batch(
-        &self,
-        shard: u32,
-        writes: Vec<SnapshotWrite>,
-    ) -> BoxFuture<'static, Result<Vec<WriteOutcome>, StoreError>>;
+    /// The writer of `shard` for `owner`. It holds no lease until [`ShardWriter::acquire`].
+    fn shard_writer(&self, shard: u32, owner: &LeaseOwner) -> Box<dyn ShardWriter>;
 
     /// Checks the store is reachable (for readiness).
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;

@@ -1,10 +1,10 @@
-//! `spawn_app()`: the application under test, started through the library's
-//! `Application::build` exactly as `orderly serve` starts it, plus small request helpers.
+//! `spawn_app()`: the application under test, started through the library's composition root
+//! (`orderly::app::Orderly`) exactly as `orderly serve` starts it, plus small request helpers.
 
 use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
-use orderly::api::Application;
+use orderly::app::Orderly;
 use orderly::config::Settings;
 use orderly::engine::Engine;
 use reqwest::{Response, StatusCode};
@@ -74,12 +74,12 @@ pub async fn spawn_redis_app_with(configure: impl FnOnce(&mut Settings)) -> Test
 }
 
 async fn start(settings: Settings, redis: Option<RedisServer>) -> TestApp {
-    let store = tokio::time::timeout(REQUEST_TIMEOUT, orderly::store::open(&settings))
+    let orderly = tokio::time::timeout(REQUEST_TIMEOUT, Orderly::start(settings))
         .await
         .expect("store opens in time")
         .expect("store opens");
-    let engine = Engine::start(&settings, store);
-    let app = Application::build(&settings.api, engine.clone()).expect("app builds");
+    let engine = orderly.engine.clone();
+    let app = orderly.http().expect("app builds");
     let address = format!("http://{}", app.address());
     let server = app.handle();
     actix_rt::spawn(app.run_until_stopped());

@@ -5,3 +5,4 @@
 #![allow(dead_code)]
 
 pub mod redis_server;
+pub mod stored;

@@ -1,0 +1,591 @@
+//! Proves fenced shard ownership against a real, throw-away `redis-server` (and the memory
+//! store): a shard's writer holds a lease whose token only grows; a writer whose lease moved is
+//! refused as a whole and lands nothing; an engine taken over (by a forced takeover, or frozen
+//! with SIGSTOP past its TTL) acknowledges nothing more and answers `shard_unavailable`; an
+//! engine under load keeps its leases; a restart under the same node id takes its shards back
+//! at once; and orders stored in the previous layout (a hash) load and are rewritten.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command as Process, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orderly::config::Settings;
+use orderly::domain::{
+    Command, CommandEnvelope, LineItemRequest, NewOrder, NewOrderRequest, OrderId, OrderStatus,
+};
+use orderly::engine::{Admission, CommandResult, Engine, EngineError, Request};
+use orderly::store::memory::MemoryStore;
+use orderly::store::redis::RedisStore;
+use orderly::store::{LeaseOwner, SnapshotStore, SnapshotWrite, StoreError};
+use support::redis_server::RedisServer;
+use support::stored::{stored_order, stored_version};
+
+/// Longest wait for any single engine or store call in these tests.
+const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+const SHARDS: u32 = 8;
+
+fn new_order(n: u64) -> NewOrder {
+    NewOrder::parse(&NewOrderRequest {
+        customer_id: format!("customer-{n}"),
+        currency: "USD".into(),
+        payment_method: "card".into(),
+        items: vec![LineItemRequest {
+            sku: format!("sku-{}", n % 7),
+            quantity: (n % 3 + 1) as i64,
+            unit_price: "19.99".into(),
+        }],
+        metadata: Default::default(),
+    })
+    .expect("test order is valid")
+}
+
+fn settings_for(url: &str, node_id: &str, lease_ttl_ms: u64) -> Settings {
+    let mut settings = Settings::embedded_default().expect("embedded settings load");
+    settings.store.url = url.to_string();
+    settings.engine.shards = SHARDS;
+    settings.engine.arbiters = 2;
+    settings.store.redis.connections = 2;
+    settings.store.redis.connect_timeout_ms = 1000;
+    settings.cluster.node_id = node_id.to_string();
+    settings.cluster.lease_ttl_ms = lease_ttl_ms;
+    settings
+}
+
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(CALL_TIMEOUT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
+}
+
+async fn open_store(settings: &Settings) -> Arc<dyn SnapshotStore> {
+    within("open store", orderly::store::open(settings))
+        .await
+        .unwrap_or_else(|e| panic!("cannot open store {}: {e}", settings.store.url))
+}
+
+async fn run(engine: &Engine, id: OrderId, command: Command) -> CommandResult {
+    within(
+        "execute",
+        engine.execute(
+            id,
+            Request::Command(CommandEnvelope::new(command)),
+            Admission::Wait,
+        ),
+    )
+    .await
+}
+
+fn cancel() -> Command {
+    Command::CancelOrder {
+        reason: Some("test".into()),
+    }
+}
+
+fn order_key(id: OrderId, engine: &Engine) -> String {
+    RedisStore::order_key("orderly", engine.shard_of(id), id)
+}
+
+fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
+    SnapshotWrite {
+        order_id,
+        version,
+        bytes: bytes.to_vec(),
+        events: vec!["test_event"],
+        payments_index: Default::default(),
+    }
+}
+
+fn owner(node_id: &str) -> LeaseOwner {
+    LeaseOwner {
+        node_id: node_id.into(),
+        ttl_ms: 60_000,
+    }
+}
+
+fn assert_fenced(result: Result<(), StoreError>, what: &str) {
+    match result {
+        Err(StoreError::Fenced { .. }) => {}
+        other => panic!("{what}: expected Fenced, got {other:?}"),
+    }
+}
+
+/// The store contract: one lease per shard, tokens that only grow, a stale writer refused as
+/// a whole, and a same-node writer that takes the lease at once. `expire` makes the current
+/// lease go away as its TTL would.
+async fn stale_tokens_are_refused(store: Arc<dyn SnapshotStore>, expire: impl Fn()) {
+    let shard = 3;
+    let kind = store.kind();
+    let id = OrderId::new();
+    let other = OrderId::new();
+    let mut a = store.shard_writer(shard, &owner("node-a"));
+    let lease_a = within("acquire a", a.acquire())
+        .await
+        .expect("acquire a")
+        .expect("the lease is free");
+    within("write a", a.write(vec![write(id, 1, b"a-v1")]))
+        .await
+        .expect("A writes under its lease");
+
+    let mut b = store.shard_writer(shard, &owner("node-b"));
+    let refused = within("acquire b", b.acquire()).await.expect("acquire b");
+    assert_eq!(refused, None, "{kind}: B cannot take a live lease of A");
+
+    expire();
+    let lease_b = within("acquire b", b.acquire())
+        .await
+        .expect("acquire b")
+        .expect("the expired lease is free");
+    assert!(lease_b.token > lease_a.token, "{kind}: tokens only grow");
+    within("write b", b.write(vec![write(id, 2, b"b-v2")]))
+        .await
+        .expect("B writes under its lease");
+
+    // A still believes it owns the shard: its whole batch is refused, including the write of
+    // an unrelated order, and so is its renewal.
+    let stale = within(
+        "stale write",
+        a.write(vec![write(id, 2, b"a-v2"), write(other, 1, b"other")]),
+    )
+    .await;
+    assert_fenced(stale, &format!("{kind}: stale batch"));
+    assert_fenced(
+        within("stale renew", a.renew()).await,
+        &format!("{kind}: stale renewal"),
+    );
+    let stored = within("load", store.load(shard, id)).await.expect("load");
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"b-v2"[..]),
+        "{kind}: B's write kept"
+    );
+    let stored = within("load other", store.load(shard, other))
+        .await
+        .expect("load");
+    assert_eq!(stored, None, "{kind}: nothing of A's refused batch landed");
+
+    // A restart of node B (same id) takes the lease at once, and fences B's old incarnation.
+    let mut b_again = store.shard_writer(shard, &owner("node-b"));
+    let lease_b2 = within("acquire b again", b_again.acquire())
+        .await
+        .expect("acquire")
+        .expect("same node id takes its own lease");
+    assert!(lease_b2.token > lease_b.token);
+    assert_fenced(
+        within("old incarnation", b.write(vec![write(id, 3, b"old-b")])).await,
+        &format!("{kind}: old incarnation"),
+    );
+    within(
+        "new incarnation",
+        b_again.write(vec![write(id, 3, b"b-v3")]),
+    )
+    .await
+    .expect("the new incarnation writes");
+    // Released, the lease is free for anyone at once.
+    within("release", b_again.release()).await.expect("release");
+    let mut c = store.shard_writer(shard, &owner("node-c"));
+    let lease_c = within("acquire c", c.acquire())
+        .await
+        .expect("acquire c")
+        .expect("a released lease is free");
+    assert!(lease_c.token > lease_b2.token);
+}
+
+/// A stale token is refused by the Redis store (nothing lands, no outbox event) and by the
+/// memory store alike.
+#[actix_rt::test]
+async fn a_stale_token_is_refused_by_the_store() {
+    let server = RedisServer::start();
+    let settings = settings_for(&server.url(), "unused", 10_000);
+    let redis = within(
+        "connect",
+        RedisStore::connect(&server.url(), &settings.store.redis),
+    )
+    .await
+    .expect("connect to harness redis");
+    let lease = RedisStore::lease_key("orderly", 3);
+    stale_tokens_are_refused(Arc::new(redis), || {
+        server.command(&["DEL", &lease]);
+    })
+    .await;
+    // Accepted batches appended one outbox entry each (A's v1, B's v2, B's v3); the refused
+    // ones none.
+    let events = RedisStore::events_key("orderly", 3);
+    assert_eq!(server.command(&["XLEN", &events]).as_int(), Some(3));
+    let epoch = RedisStore::epoch_key("orderly", 3);
+    assert_eq!(server.command(&["GET", &epoch]).as_int(), Some(4));
+    assert_eq!(
+        server.command(&["TTL", &epoch]).as_int(),
+        Some(-1),
+        "the epoch never expires"
+    );
+
+    let memory = Arc::new(MemoryStore::new(SHARDS));
+    let handle = Arc::clone(&memory);
+    stale_tokens_are_refused(memory, move || handle.expire_leases()).await;
+}
+
+/// Engine A owns the shards; B (another node id) takes them over. A's next command is refused
+/// with `shard_unavailable`, never acknowledged, and lands nothing; B serves the order.
+async fn taken_over_engine_is_fenced(
+    settings_a: Settings,
+    settings_b: Settings,
+    store_a: Arc<dyn SnapshotStore>,
+    store_b: Arc<dyn SnapshotStore>,
+    take_over: impl Fn(),
+    stored: impl Fn(&Engine, OrderId) -> Option<(u64, OrderStatus)>,
+) {
+    let engine_a = Engine::start(&settings_a, store_a);
+    assert!(engine_a.wait_until_owned(CALL_TIMEOUT).await, "A owns");
+    let placed = within("place", engine_a.place(new_order(1), Admission::Wait))
+        .await
+        .expect("A places");
+    let id = placed.order.id();
+    let engine_b = Engine::start(&settings_b, store_b);
+    // B cannot take live leases of A.
+    assert!(
+        !engine_b.wait_until_owned(Duration::from_millis(300)).await,
+        "B must not take A's live leases"
+    );
+    take_over();
+    assert!(engine_b.wait_until_owned(CALL_TIMEOUT).await, "B owns");
+
+    match run(&engine_a, id, cancel()).await {
+        Err(EngineError::ShardUnavailable(_)) => {}
+        other => panic!("A after the takeover must answer shard_unavailable, got {other:?}"),
+    }
+    assert_eq!(
+        stored(&engine_a, id),
+        Some((1, OrderStatus::PendingPayment))
+    );
+    let paid = run(&engine_b, id, Command::StartPayment { method: None })
+        .await
+        .expect("B pays");
+    assert_eq!(paid.order.status, OrderStatus::Paid);
+    assert_eq!(stored(&engine_b, id), Some((3, OrderStatus::Paid)));
+    // A keeps refusing (B holds the leases, A's renewals are refused), never acknowledging.
+    for _ in 0..3 {
+        match run(&engine_a, id, cancel()).await {
+            Err(EngineError::ShardUnavailable(_)) => {}
+            other => panic!("A must keep refusing, got {other:?}"),
+        }
+    }
+    assert_eq!(stored(&engine_b, id), Some((3, OrderStatus::Paid)));
+    let stats = engine_a.shard_stats().await;
+    assert!(stats.iter().all(|s| !s.owned), "A owns nothing");
+    engine_a.stop();
+    engine_b.stop();
+}
+
+/// Two engines on one Redis: a forced takeover (the leases handed to B under new tokens, as
+/// B's acquisition after A's expiry would) fences the first.
+#[actix_rt::test]
+async fn a_taken_over_engine_is_fenced_on_redis() {
+    let server = RedisServer::start();
+    let settings_a = settings_for(&server.url(), "node-a", 3_000);
+    let settings_b = settings_for(&server.url(), "node-b", 3_000);
+    let store_a = open_store(&settings_a).await;
+    let store_b = open_store(&settings_b).await;
+    taken_over_engine_is_fenced(
+        settings_a,
+        settings_b,
+        store_a,
+        store_b,
+        || {
+            // What B's acquisition does once A's lease is gone: a new token under B's id.
+            for shard in 0..SHARDS {
+                let epoch = RedisStore::epoch_key("orderly", shard);
+                let token = server.command(&["INCR", &epoch]).as_int().expect("token");
+                let lease = RedisStore::lease_key("orderly", shard);
+                let value = format!("{token}:node-b");
+                server.command(&["SET", &lease, &value, "PX", "3000"]);
+            }
+        },
+        |engine, id| stored_order(&server, &order_key(id, engine)).map(|o| (o.version, o.status)),
+    )
+    .await;
+}
+
+/// The memory store fences engines the same way.
+#[actix_rt::test]
+async fn a_taken_over_engine_is_fenced_on_the_memory_store() {
+    let memory = Arc::new(MemoryStore::new(SHARDS));
+    let settings_a = settings_for("memory", "node-a", 3_000);
+    let settings_b = settings_for("memory", "node-b", 3_000);
+    let reader: Arc<dyn SnapshotStore> = memory.clone();
+    let expire = Arc::clone(&memory);
+    taken_over_engine_is_fenced(
+        settings_a,
+        settings_b,
+        memory.clone(),
+        memory,
+        move || expire.hand_leases_to("node-b", 3_000),
+        move |engine, id| {
+            let bytes = futures_util::FutureExt::now_or_never(reader.load(engine.shard_of(id), id))
+                .expect("memory loads are immediate")
+                .expect("memory load")?;
+            let order = orderly::store::snapshot::decode(&bytes).expect("snapshot");
+            Some((order.version, order.status))
+        },
+    )
+    .await;
+}
+
+/// One engine under steady load keeps every lease for more than three TTLs: renewals and
+/// batches never fence each other.
+#[actix_rt::test]
+async fn an_engine_under_load_keeps_its_leases() {
+    let server = RedisServer::start();
+    let settings = settings_for(&server.url(), "node-a", 500);
+    let engine = Engine::start(&settings, open_store(&settings).await);
+    assert!(engine.wait_until_owned(CALL_TIMEOUT).await);
+    let tokens: Vec<u64> = engine
+        .shard_stats()
+        .await
+        .iter()
+        .map(|s| s.lease_token)
+        .collect();
+    let deadline = Instant::now() + Duration::from_millis(1_800);
+    let mut placed = 0_u64;
+    while Instant::now() < deadline {
+        let items = (0..64)
+            .map(|i| orderly::engine::BatchItem::place(OrderId::new(), new_order(placed + i)))
+            .collect();
+        for result in within("batch", engine.execute_batch(items, Admission::Wait)).await {
+            result.expect("placements are acknowledged while the engine owns its shards");
+            placed += 1;
+        }
+    }
+    let stats = engine.shard_stats().await;
+    assert!(placed > 0);
+    for (shard, s) in stats.iter().enumerate() {
+        assert!(s.owned, "shard {shard} still owned");
+        assert_eq!(s.lease_losses, 0, "shard {shard} never lost its lease");
+        assert_eq!(s.lease_token, tokens[shard], "shard {shard} kept its token");
+    }
+    engine.stop();
+}
+
+/// A restart under the same node id (the leases were not released: a crash) takes every
+/// shard back at once, far within the TTL, with a larger token.
+#[actix_rt::test]
+async fn a_restart_under_the_same_node_id_takes_the_shards_back_at_once() {
+    let server = RedisServer::start();
+    let settings = settings_for(&server.url(), "node-a", 60_000);
+    let engine = Engine::start(&settings, open_store(&settings).await);
+    assert!(engine.wait_until_owned(CALL_TIMEOUT).await);
+    let before: Vec<u64> = engine
+        .shard_stats()
+        .await
+        .iter()
+        .map(|s| s.lease_token)
+        .collect();
+    let id = within("place", engine.place(new_order(2), Admission::Wait))
+        .await
+        .expect("placed")
+        .order
+        .id();
+    engine.stop();
+
+    let started = Instant::now();
+    let again = Engine::start(&settings, open_store(&settings).await);
+    assert!(again.wait_until_owned(Duration::from_secs(5)).await);
+    assert!(started.elapsed() < Duration::from_secs(5), "no TTL wait");
+    for (shard, s) in again.shard_stats().await.iter().enumerate() {
+        assert!(
+            s.lease_token > before[shard],
+            "shard {shard}: a new, larger token"
+        );
+    }
+    let cancelled = run(&again, id, cancel()).await.expect("served at once");
+    assert_eq!(cancelled.order.status, OrderStatus::Cancelled);
+    again.shutdown().await;
+    // A graceful stop released every lease.
+    for shard in 0..SHARDS {
+        assert!(server
+            .command(&["GET", &RedisStore::lease_key("orderly", shard)])
+            .is_nil());
+    }
+}
+
+/// Orders written by the previous release (a hash with `v` and `s`) load, and their next write
+/// replaces the hash with a plain snapshot value.
+#[actix_rt::test]
+async fn orders_in_the_old_layout_load_and_are_upgraded() {
+    let server = RedisServer::start();
+    let settings = settings_for(&server.url(), "node-a", 10_000);
+    let engine = Engine::start(&settings, open_store(&settings).await);
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let placed = within("place", engine.place(new_order(n), Admission::Wait))
+            .await
+            .expect("placed");
+        ids.push(placed.order.id());
+    }
+    engine.stop();
+    // Rewrite every order as the previous release stored it.
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut connection = within("connect", client.get_multiplexed_async_connection())
+        .await
+        .expect("connect");
+    for id in &ids {
+        let key = order_key(*id, &engine);
+        let reply = server.command(&["GET", &key]);
+        let bytes = reply.as_bytes().expect("a snapshot").to_vec();
+        server.command(&["DEL", &key]);
+        let _: i64 = within(
+            "HSET",
+            redis::cmd("HSET")
+                .arg(&key)
+                .arg("v")
+                .arg(1)
+                .arg("s")
+                .arg(&bytes[..])
+                .query_async(&mut connection),
+        )
+        .await
+        .expect("seed the old layout");
+        assert_eq!(server.command(&["TYPE", &key]).as_str(), Some("hash"));
+    }
+    let engine = Engine::start(&settings, open_store(&settings).await);
+    for id in &ids {
+        let read = within("read", engine.execute(*id, Request::Read, Admission::Wait))
+            .await
+            .expect("an old-layout order loads");
+        assert_eq!(read.order.version, 1);
+        assert_eq!(read.order.status, OrderStatus::PendingPayment);
+        let cancelled = run(&engine, *id, cancel()).await.expect("cancelled");
+        assert_eq!(cancelled.order.version, 2);
+        let key = order_key(*id, &engine);
+        assert_eq!(server.command(&["TYPE", &key]).as_str(), Some("string"));
+        assert_eq!(stored_version(&server, &key), Some(2));
+    }
+    engine.stop();
+}
+
+/// Starts `orderly serve` on Redis under `node_id` with a short lease; returns the child and
+/// its base URL.
+fn spawn_serve(url: &str, node_id: &str, lease_ttl_ms: u64) -> (Child, String) {
+    let mut child = Process::new(env!("CARGO_BIN_EXE_orderly"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            url,
+            "--node-id",
+            node_id,
+        ])
+        .env_remove("ORDERLY_LOG")
+        .env("ORDERLY__ENGINE__SHARDS", SHARDS.to_string())
+        .env("ORDERLY__ENGINE__ARBITERS", "1")
+        .env("ORDERLY__API__WORKERS", "1")
+        .env("ORDERLY__CLUSTER__LEASE_TTL_MS", lease_ttl_ms.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("orderly serve starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(address) = line.strip_prefix("listening on ") {
+                let _ = tx.send(address.to_string());
+            }
+        }
+    });
+    let address = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve prints its address");
+    (child, address)
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Process::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{name}");
+}
+
+/// A real `orderly serve` frozen with SIGSTOP past its lease TTL while engine B takes over:
+/// resumed with SIGCONT, it answers the command it was sent meanwhile with a retryable
+/// `503 shard_unavailable`, and nothing of it lands.
+#[actix_rt::test]
+async fn a_frozen_engine_resumed_after_its_ttl_is_fenced() {
+    let server = RedisServer::start();
+    let (mut child, base) = spawn_serve(&server.url(), "node-a", 1_000);
+    let client = reqwest::Client::new();
+    let placed: serde_json::Value = within("place on A", async {
+        client
+            .post(format!("{base}/v1/orders"))
+            .json(&serde_json::json!({
+                "customer_id": "c-1", "currency": "USD", "payment_method": "card",
+                "items": [{"sku": "sku-1", "quantity": 2, "unit_price": "19.99"}]
+            }))
+            .send()
+            .await
+            .expect("A answers")
+            .json()
+            .await
+            .expect("JSON")
+    })
+    .await;
+    let id = OrderId::parse(placed["order_id"].as_str().expect("an order id")).expect("uuid");
+
+    signal(&child, "STOP");
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    let settings_b = settings_for(&server.url(), "node-b", 1_000);
+    let engine_b = Engine::start(&settings_b, open_store(&settings_b).await);
+    assert!(
+        engine_b.wait_until_owned(CALL_TIMEOUT).await,
+        "B takes the expired leases"
+    );
+    let cancelled_by_b = run(&engine_b, id, cancel()).await.expect("B cancels");
+    assert_eq!(cancelled_by_b.order.version, 2);
+
+    // A command sent to the frozen A waits in its socket until it resumes.
+    let pay_on_a = {
+        let client = client.clone();
+        let url = format!("{base}/v1/orders/{id}/pay");
+        tokio::spawn(async move {
+            let response = client
+                .post(url)
+                .json(&serde_json::json!({}))
+                .timeout(Duration::from_secs(20))
+                .send()
+                .await
+                .expect("A answers after SIGCONT");
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get("retry-after").is_some();
+            let body: serde_json::Value = response.json().await.expect("JSON error");
+            (status, retry_after, body)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&child, "CONT");
+    let (status, retry_after, body) = within("A's answer", pay_on_a).await.expect("task");
+    assert_eq!(status, 503, "A must not acknowledge: {body}");
+    assert!(retry_after, "a retryable answer carries Retry-After");
+    assert_eq!(body["error"]["code"], "shard_unavailable", "{body}");
+    let key = order_key(id, &engine_b);
+    let stored = stored_order(&server, &key).expect("stored");
+    assert_eq!(stored.version, 2, "nothing of A's landed");
+    assert_eq!(stored.status, OrderStatus::Cancelled);
+    // The lease is B's: A's renewals were refused.
+    let lease = server
+        .command(&[
+            "GET",
+            &RedisStore::lease_key("orderly", engine_b.shard_of(id)),
+        ])
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(lease.ends_with(":node-b"), "lease held by B: {lease}");
+    let _ = child.kill();
+    let _ = child.wait();
+    engine_b.stop();
+}
