@@ -23,7 +23,7 @@ use orderly::engine::{Admission, BatchItem, Engine};
 use orderly::store::memory::MemoryStore;
 use orderly::store::redis::RedisStore;
 use orderly::store::snapshot::{decode, encode};
-use orderly::store::{LeaseOwner, SnapshotStore, SnapshotWrite};
+use orderly::store::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite};
 
 // Same allocator as the `orderly` binary, so the numbers match what it would see.
 #[global_allocator]
@@ -422,9 +422,9 @@ fn bench_redis_batch_write(c: &mut Criterion) {
         node_id: "bench".into(),
         ttl_ms: 600_000,
     };
-    let mut writer = store.shard_writer(shard, &owner);
+    let mut writer = store.shard_writer(&owner);
     runtime
-        .block_on(writer.acquire())
+        .block_on(writer.acquire(shard))
         .expect("acquire the lease")
         .expect("the lease is free");
     let mut group = c.benchmark_group("redis_batch_write");
@@ -438,7 +438,11 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 for _ in 0..iters {
                     let writes = next_batch();
                     let started = Instant::now();
-                    writer.write(writes).await.expect("fenced batch write");
+                    let refused = writer
+                        .write(vec![ShardBatch { shard, writes }])
+                        .await
+                        .expect("fenced batch write");
+                    assert!(refused.is_empty(), "the bench holds the lease");
                     measured += started.elapsed();
                 }
                 measured

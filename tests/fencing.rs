@@ -19,7 +19,7 @@ use orderly::domain::{
 use orderly::engine::{Admission, CommandResult, Engine, EngineError, Request};
 use orderly::store::memory::MemoryStore;
 use orderly::store::redis::RedisStore;
-use orderly::store::{LeaseOwner, SnapshotStore, SnapshotWrite, StoreError};
+use orderly::store::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite};
 use support::redis_server::RedisServer;
 use support::stored::{stored_order, stored_version};
 
@@ -105,56 +105,79 @@ fn owner(node_id: &str) -> LeaseOwner {
     }
 }
 
-fn assert_fenced(result: Result<(), StoreError>, what: &str) {
-    match result {
-        Err(StoreError::Fenced { .. }) => {}
-        other => panic!("{what}: expected Fenced, got {other:?}"),
-    }
+fn batch(shard: u32, writes: Vec<SnapshotWrite>) -> Vec<ShardBatch> {
+    vec![ShardBatch { shard, writes }]
 }
 
 /// The store contract: one lease per shard, tokens that only grow, a stale writer refused as
-/// a whole, and a same-node writer that takes the lease at once. `expire` makes the current
-/// lease go away as its TTL would.
+/// a whole (its other shards unaffected), and a same-node writer that takes the lease at once.
+/// `expire` makes the current lease of shard 3 go away as its TTL would.
 async fn stale_tokens_are_refused(store: Arc<dyn SnapshotStore>, expire: impl Fn()) {
-    let shard = 3;
+    let (shard, neighbour) = (3, 4);
     let kind = store.kind();
     let id = OrderId::new();
     let other = OrderId::new();
-    let mut a = store.shard_writer(shard, &owner("node-a"));
-    let lease_a = within("acquire a", a.acquire())
+    let next_door = OrderId::new();
+    let mut a = store.shard_writer(&owner("node-a"));
+    let lease_a = within("acquire a", a.acquire(shard))
         .await
         .expect("acquire a")
         .expect("the lease is free");
-    within("write a", a.write(vec![write(id, 1, b"a-v1")]))
+    within("acquire a", a.acquire(neighbour))
         .await
-        .expect("A writes under its lease");
+        .expect("acquire a")
+        .expect("the lease is free");
+    let refused = within(
+        "write a",
+        a.write(batch(shard, vec![write(id, 1, b"a-v1")])),
+    )
+    .await
+    .expect("A writes under its lease");
+    assert!(refused.is_empty(), "{kind}: nothing refused");
 
-    let mut b = store.shard_writer(shard, &owner("node-b"));
-    let refused = within("acquire b", b.acquire()).await.expect("acquire b");
-    assert_eq!(refused, None, "{kind}: B cannot take a live lease of A");
+    let mut b = store.shard_writer(&owner("node-b"));
+    let taken = within("acquire b", b.acquire(shard))
+        .await
+        .expect("acquire b");
+    assert_eq!(taken, None, "{kind}: B cannot take a live lease of A");
 
     expire();
-    let lease_b = within("acquire b", b.acquire())
+    let lease_b = within("acquire b", b.acquire(shard))
         .await
         .expect("acquire b")
         .expect("the expired lease is free");
     assert!(lease_b.token > lease_a.token, "{kind}: tokens only grow");
-    within("write b", b.write(vec![write(id, 2, b"b-v2")]))
-        .await
-        .expect("B writes under its lease");
-
-    // A still believes it owns the shard: its whole batch is refused, including the write of
-    // an unrelated order, and so is its renewal.
-    let stale = within(
-        "stale write",
-        a.write(vec![write(id, 2, b"a-v2"), write(other, 1, b"other")]),
+    let refused = within(
+        "write b",
+        b.write(batch(shard, vec![write(id, 2, b"b-v2")])),
     )
-    .await;
-    assert_fenced(stale, &format!("{kind}: stale batch"));
-    assert_fenced(
-        within("stale renew", a.renew()).await,
-        &format!("{kind}: stale renewal"),
+    .await
+    .expect("B writes under its lease");
+    assert!(refused.is_empty());
+
+    // A still believes it owns shard 3: that shard's whole part is refused, including the
+    // write of an unrelated order, while its neighbour's part in the same call lands. Its
+    // renewal is refused too.
+    let mut batches = batch(
+        shard,
+        vec![write(id, 2, b"a-v2"), write(other, 1, b"other")],
     );
+    batches.push(ShardBatch {
+        shard: neighbour,
+        writes: vec![write(next_door, 1, b"next-door")],
+    });
+    let refused = within("stale write", a.write(batches))
+        .await
+        .expect("the call itself succeeds");
+    assert_eq!(
+        refused,
+        vec![shard],
+        "{kind}: only the stale shard is refused"
+    );
+    let lost = within("stale renew", a.renew(&[shard, neighbour]))
+        .await
+        .expect("renew");
+    assert_eq!(lost, vec![shard], "{kind}: the stale renewal is refused");
     let stored = within("load", store.load(shard, id)).await.expect("load");
     assert_eq!(
         stored.as_deref(),
@@ -164,29 +187,47 @@ async fn stale_tokens_are_refused(store: Arc<dyn SnapshotStore>, expire: impl Fn
     let stored = within("load other", store.load(shard, other))
         .await
         .expect("load");
-    assert_eq!(stored, None, "{kind}: nothing of A's refused batch landed");
+    assert_eq!(stored, None, "{kind}: nothing of A's refused part landed");
+    let stored = within("load next door", store.load(neighbour, next_door))
+        .await
+        .expect("load");
+    assert_eq!(
+        stored.as_deref(),
+        Some(&b"next-door"[..]),
+        "{kind}: the neighbour's part landed"
+    );
 
     // A restart of node B (same id) takes the lease at once, and fences B's old incarnation.
-    let mut b_again = store.shard_writer(shard, &owner("node-b"));
-    let lease_b2 = within("acquire b again", b_again.acquire())
+    let mut b_again = store.shard_writer(&owner("node-b"));
+    let lease_b2 = within("acquire b again", b_again.acquire(shard))
         .await
         .expect("acquire")
         .expect("same node id takes its own lease");
     assert!(lease_b2.token > lease_b.token);
-    assert_fenced(
-        within("old incarnation", b.write(vec![write(id, 3, b"old-b")])).await,
-        &format!("{kind}: old incarnation"),
+    let refused = within(
+        "old incarnation",
+        b.write(batch(shard, vec![write(id, 3, b"old-b")])),
+    )
+    .await
+    .expect("call");
+    assert_eq!(
+        refused,
+        vec![shard],
+        "{kind}: the old incarnation is fenced"
     );
-    within(
+    let refused = within(
         "new incarnation",
-        b_again.write(vec![write(id, 3, b"b-v3")]),
+        b_again.write(batch(shard, vec![write(id, 3, b"b-v3")])),
     )
     .await
     .expect("the new incarnation writes");
+    assert!(refused.is_empty());
     // Released, the lease is free for anyone at once.
-    within("release", b_again.release()).await.expect("release");
-    let mut c = store.shard_writer(shard, &owner("node-c"));
-    let lease_c = within("acquire c", c.acquire())
+    within("release", b_again.release(shard))
+        .await
+        .expect("release");
+    let mut c = store.shard_writer(&owner("node-c"));
+    let lease_c = within("acquire c", c.acquire(shard))
         .await
         .expect("acquire c")
         .expect("a released lease is free");
@@ -210,7 +251,7 @@ async fn a_stale_token_is_refused_by_the_store() {
         server.command(&["DEL", &lease]);
     })
     .await;
-    // Accepted batches appended one outbox entry each (A's v1, B's v2, B's v3); the refused
+    // Accepted parts appended one outbox entry each (A's v1, B's v2, B's v3); the refused
     // ones none.
     let events = RedisStore::events_key("orderly", 3);
     assert_eq!(server.command(&["XLEN", &events]).as_int(), Some(3));
@@ -224,7 +265,7 @@ async fn a_stale_token_is_refused_by_the_store() {
 
     let memory = Arc::new(MemoryStore::new(SHARDS));
     let handle = Arc::clone(&memory);
-    stale_tokens_are_refused(memory, move || handle.expire_leases()).await;
+    stale_tokens_are_refused(memory, move || handle.expire_lease(3)).await;
 }
 
 /// Engine A owns the shards; B (another node id) takes them over. A's next command is refused

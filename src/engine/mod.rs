@@ -62,6 +62,9 @@ impl Engine {
         let limits = ShardLimits::from_settings(settings);
         let policy = settings.orders.policy();
         let mailbox = settings.engine.shard_mailbox_capacity;
+        // Distinguishes this engine's commit groups from another engine's on the same thread.
+        static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let engine_id = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let owner = LeaseOwner {
             node_id: settings.cluster.effective_node_id().into(),
             ttl_ms: settings.cluster.lease_ttl_ms,
@@ -74,7 +77,7 @@ impl Engine {
                 let owner = owner.clone();
                 ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(mailbox);
-                    ShardActor::new(shard, store, gateways, policy, limits, &owner)
+                    ShardActor::new(engine_id, shard, store, gateways, policy, limits, &owner)
                 })
             })
             .collect();

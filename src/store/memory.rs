@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{
-    IndexChange, Lease, LeaseOwner, ShardWriter, SnapshotStore, SnapshotWrite, StoreError,
-};
+use super::{IndexChange, Lease, LeaseOwner, ShardBatch, ShardWriter, SnapshotStore, StoreError};
 use crate::domain::OrderId;
 
 /// One shard: snapshots by order, the index of orders with live gateway work (ordered, so a
@@ -96,12 +94,10 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    /// Drops every shard's lease, as if each had expired: the next node to ask takes it (with
-    /// a new token) and the previous holder's writes are refused. For takeover tests.
-    pub fn expire_leases(&self) {
-        for shard in 0..self.inner.shards.len() as u32 {
-            self.inner.shard(shard).lease = None;
-        }
+    /// Drops `shard`'s lease, as if it had expired: the next node to ask takes it (with a new
+    /// token) and the previous holder's writes are refused. For takeover tests.
+    pub fn expire_lease(&self, shard: u32) {
+        self.inner.shard(shard).lease = None;
     }
 
     /// Hands every shard's lease to `node_id` under a new token, as a takeover by that node
@@ -129,12 +125,12 @@ impl MemoryStore {
     }
 }
 
-/// The writer of one shard of a [`MemoryStore`].
+/// The writer of a group of shards of a [`MemoryStore`].
 struct MemoryShardWriter {
     inner: Arc<Shards>,
-    shard: u32,
     owner: LeaseOwner,
-    token: Option<u64>,
+    /// Held tokens by shard.
+    tokens: HashMap<u32, u64, ahash::RandomState>,
 }
 
 impl MemoryShardWriter {
@@ -142,9 +138,9 @@ impl MemoryShardWriter {
         Duration::from_millis(self.owner.ttl_ms)
     }
 
-    fn acquire_now(&mut self) -> Option<Lease> {
+    fn acquire_now(&mut self, shard: u32) -> Option<Lease> {
         let now = Instant::now();
-        let mut map = self.inner.shard(self.shard);
+        let mut map = self.inner.shard(shard);
         if let Some(lease) = map.live_lease(now) {
             if lease.node_id != self.owner.node_id {
                 return None;
@@ -157,60 +153,69 @@ impl MemoryShardWriter {
             token,
             expires_at: now + self.ttl(),
         });
-        self.token = Some(token);
+        self.tokens.insert(shard, token);
         Some(Lease { token })
     }
 
-    fn held_token(&self) -> Result<u64, StoreError> {
-        self.token.ok_or_else(|| StoreError::Fenced {
-            shard: self.shard,
-            detail: "no lease held".into(),
-        })
+    /// Checks `shard`'s token under its lock; a refused shard is forgotten.
+    fn check(&mut self, shard: u32, map: &ShardMap) -> bool {
+        let ok = self
+            .tokens
+            .get(&shard)
+            .is_some_and(|token| map.check_token(shard, *token).is_ok());
+        if !ok {
+            self.tokens.remove(&shard);
+        }
+        ok
     }
 
-    fn renew_now(&mut self) -> Result<(), StoreError> {
-        let token = self.held_token()?;
+    fn renew_now(&mut self, shards: &[u32]) -> Vec<u32> {
         let ttl = self.ttl();
-        let mut map = self.inner.shard(self.shard);
-        if let Err(error) = map.check_token(self.shard, token) {
-            drop(map);
-            self.token = None;
-            return Err(error);
-        }
-        if let Some(lease) = map.lease.as_mut() {
-            lease.expires_at = Instant::now() + ttl;
-        }
-        Ok(())
-    }
-
-    fn write_now(&mut self, writes: Vec<SnapshotWrite>) -> Result<(), StoreError> {
-        let token = self.held_token()?;
-        let mut map = self.inner.shard(self.shard);
-        if let Err(error) = map.check_token(self.shard, token) {
-            drop(map);
-            self.token = None;
-            return Err(error);
-        }
-        for write in writes {
-            match write.payments_index {
-                IndexChange::Unchanged => {}
-                IndexChange::Add => {
-                    map.live_payments.insert(write.order_id);
-                }
-                IndexChange::Remove => {
-                    map.live_payments.remove(&write.order_id);
-                }
+        let inner = Arc::clone(&self.inner);
+        let mut lost = Vec::new();
+        for &shard in shards {
+            let mut map = inner.shard(shard);
+            if !self.check(shard, &map) {
+                lost.push(shard);
+                continue;
             }
-            map.orders.insert(write.order_id, write.bytes);
+            if let Some(lease) = map.lease.as_mut() {
+                lease.expires_at = Instant::now() + ttl;
+            }
         }
-        Ok(())
+        lost
     }
 
-    fn release_now(&mut self) {
-        let Some(token) = self.token.take() else {
+    fn write_now(&mut self, batches: Vec<ShardBatch>) -> Vec<u32> {
+        let inner = Arc::clone(&self.inner);
+        let mut refused = Vec::new();
+        for batch in batches {
+            let mut map = inner.shard(batch.shard);
+            if !self.check(batch.shard, &map) {
+                refused.push(batch.shard);
+                continue;
+            }
+            for write in batch.writes {
+                match write.payments_index {
+                    IndexChange::Unchanged => {}
+                    IndexChange::Add => {
+                        map.live_payments.insert(write.order_id);
+                    }
+                    IndexChange::Remove => {
+                        map.live_payments.remove(&write.order_id);
+                    }
+                }
+                map.orders.insert(write.order_id, write.bytes);
+            }
+        }
+        refused
+    }
+
+    fn release_now(&mut self, shard: u32) {
+        let Some(token) = self.tokens.remove(&shard) else {
             return;
         };
-        let mut map = self.inner.shard(self.shard);
+        let mut map = self.inner.shard(shard);
         if map.lease.as_ref().is_some_and(|l| l.token == token) {
             map.lease = None;
         }
@@ -218,20 +223,20 @@ impl MemoryShardWriter {
 }
 
 impl ShardWriter for MemoryShardWriter {
-    fn acquire(&mut self) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
-        future::ready(Ok(self.acquire_now())).boxed()
+    fn acquire(&mut self, shard: u32) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
+        future::ready(Ok(self.acquire_now(shard))).boxed()
     }
 
-    fn renew(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
-        future::ready(self.renew_now()).boxed()
+    fn renew(&mut self, shards: &[u32]) -> BoxFuture<'_, Result<Vec<u32>, StoreError>> {
+        future::ready(Ok(self.renew_now(shards))).boxed()
     }
 
-    fn write(&mut self, writes: Vec<SnapshotWrite>) -> BoxFuture<'_, Result<(), StoreError>> {
-        future::ready(self.write_now(writes)).boxed()
+    fn write(&mut self, batches: Vec<ShardBatch>) -> BoxFuture<'_, Result<Vec<u32>, StoreError>> {
+        future::ready(Ok(self.write_now(batches))).boxed()
     }
 
-    fn release(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
-        self.release_now();
+    fn release(&mut self, shard: u32) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.release_now(shard);
         future::ready(Ok(())).boxed()
     }
 }
@@ -250,12 +255,11 @@ impl SnapshotStore for MemoryStore {
         future::ready(Ok(bytes)).boxed()
     }
 
-    fn shard_writer(&self, shard: u32, owner: &LeaseOwner) -> Box<dyn ShardWriter> {
+    fn shard_writer(&self, owner: &LeaseOwner) -> Box<dyn ShardWriter> {
         Box::new(MemoryShardWriter {
             inner: Arc::clone(&self.inner),
-            shard,
             owner: owner.clone(),
-            token: None,
+            tokens: HashMap::default(),
         })
     }
 

@@ -98,23 +98,38 @@ pub enum StoreError {
     },
 }
 
-/// The single writer of one shard: it acquires, renews and releases the shard's lease and
-/// writes fenced batches. A shard's commit loop owns it; calls never overlap.
+/// The writes of one shard within a group write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardBatch {
+    /// The shard written.
+    pub shard: u32,
+    /// Its writes, in commit order.
+    pub writes: Vec<SnapshotWrite>,
+}
+
+/// The writer of a group of shards (the shards of one arbiter thread): it acquires, renews
+/// and releases their leases and writes their batches together, as one atomic call in which
+/// each shard's token is checked once. Its commit loop owns it; calls never overlap. One
+/// writer per group (not per shard) lets one round trip carry every shard's ready work, so
+/// Redis sees a few large transactions instead of many small ones.
 pub trait ShardWriter: Send + 'static {
-    /// Takes the shard's lease when it is free, expired, or held under this node's id (a
+    /// Takes `shard`'s lease when it is free, expired, or held under this node's id (a
     /// restart of the same node), with a new token. `Ok(None)`: another node holds it.
-    fn acquire(&mut self) -> BoxFuture<'_, Result<Option<Lease>, StoreError>>;
+    fn acquire(&mut self, shard: u32) -> BoxFuture<'_, Result<Option<Lease>, StoreError>>;
 
-    /// Extends the held lease by its TTL; `Err(Fenced)` when the lease moved or expired.
-    fn renew(&mut self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Extends the held leases of `shards` by their TTL. Answers the shards whose lease moved
+    /// or expired (now lost); the others were renewed.
+    fn renew(&mut self, shards: &[u32]) -> BoxFuture<'_, Result<Vec<u32>, StoreError>>;
 
-    /// Writes a batch (snapshots, outbox events, payments index) as one atomic unit, checked
-    /// once against the held token. On `Err` nothing is acknowledged; on `Timeout` the outcome
-    /// is unknown.
-    fn write(&mut self, writes: Vec<SnapshotWrite>) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Writes the batches (snapshots, outbox events, payments index of each shard) as one
+    /// atomic unit, checking each shard's token once. Answers the shards refused because their
+    /// lease moved (nothing of theirs was written; every other batch was). On `Err` nothing is
+    /// acknowledged; on `Timeout` the outcome is unknown.
+    fn write(&mut self, batches: Vec<ShardBatch>) -> BoxFuture<'_, Result<Vec<u32>, StoreError>>;
 
-    /// Gives the lease up (graceful stop), if still held, so the next owner need not wait.
-    fn release(&mut self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Gives `shard`'s lease up (graceful stop), if still held, so the next owner need not
+    /// wait.
+    fn release(&mut self, shard: u32) -> BoxFuture<'_, Result<(), StoreError>>;
 }
 
 /// The snapshot store port: an embedded implementation ([`memory::MemoryStore`]) and a
@@ -130,8 +145,9 @@ pub trait SnapshotStore: Send + Sync + 'static {
         order_id: OrderId,
     ) -> BoxFuture<'static, Result<Option<Vec<u8>>, StoreError>>;
 
-    /// The writer of `shard` for `owner`. It holds no lease until [`ShardWriter::acquire`].
-    fn shard_writer(&self, shard: u32, owner: &LeaseOwner) -> Box<dyn ShardWriter>;
+    /// A writer for a group of shards, on behalf of `owner`. It holds no lease until
+    /// [`ShardWriter::acquire`].
+    fn shard_writer(&self, owner: &LeaseOwner) -> Box<dyn ShardWriter>;
 
     /// Checks the store is reachable (for readiness).
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;

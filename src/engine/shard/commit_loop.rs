@@ -1,114 +1,330 @@
-//! The commit loop: it owns the shard's writer, and with it the shard's lease. It acquires the
-//! lease, renews it every `lease_renew_interval_ms`, and group-commits: one fenced batch in
-//! flight at a time; entries that arrive meanwhile form the next batch. A refused write or
-//! renewal means another owner holds the shard: the shard stops at once (drops its live
-//! actors, refuses what waits with `shard_unavailable`, acknowledges nothing) and then asks for
-//! the lease again; once it has it, orders reload lazily from the store.
+//! The commit loop of a commit group: the shards of one arbiter thread share one writer, and
+//! with it their leases. The loop acquires the leases, renews them every
+//! `lease_renew_interval_ms`, and group-commits: one fenced write in flight at a time, carrying
+//! the ready work of every shard of the group; entries that arrive meanwhile form the next
+//! write. A shard whose write or renewal is refused has lost its lease to another owner: that
+//! shard stops at once (drops its live actors, refuses what waits with `shard_unavailable`,
+//! acknowledges nothing) and then asks for its lease again; once it has it, orders reload lazily
+//! from the store. The other shards of the group go on.
 
-use std::rc::Rc;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
-use super::{outcome_label, Ownership, ShardCore};
+use tokio::sync::Notify;
+
+use super::{outcome_label, Ownership, ShardCore, ShardLimits};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::engine::commit::{coalesce, settle, CommitEntry};
 use crate::engine::live_set::LiveSet;
 use crate::engine::messages::EngineError;
 use crate::gateway::GatewayJob;
-use crate::store::{Lease, ShardWriter, StoreError};
+use crate::store::{Lease, ShardBatch, ShardWriter, StoreError};
 use crate::telemetry::{self, CommandTally, LeaseEvent};
 
 /// Pause before asking again for a lease that could not be asked for (store unreachable).
 const ACQUIRE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
-impl ShardCore {
-    pub(super) async fn run_commits(self: Rc<Self>, mut writer: Box<dyn ShardWriter>) {
+thread_local! {
+    /// The commit group of each engine on this arbiter thread, by engine instance.
+    static GROUPS: RefCell<HashMap<u64, Weak<CommitGroup>>> = RefCell::new(HashMap::new());
+}
+
+/// The shards of one engine on one arbiter thread, committed together by one loop.
+pub(crate) struct CommitGroup {
+    shards: RefCell<Vec<Weak<ShardCore>>>,
+    /// Woken by the shards when they queue an entry or ask for a release.
+    pub(super) wakeup: Notify,
+    limits: ShardLimits,
+    writer: RefCell<Option<Box<dyn ShardWriter>>>,
+}
+
+impl CommitGroup {
+    /// The group of engine `engine_id` on this thread, created (with `writer`) on first use.
+    pub(super) fn on_this_thread(
+        engine_id: u64,
+        limits: ShardLimits,
+        writer: impl FnOnce() -> Box<dyn ShardWriter>,
+    ) -> Rc<CommitGroup> {
+        GROUPS.with(|groups| {
+            let mut groups = groups.borrow_mut();
+            if let Some(group) = groups.get(&engine_id).and_then(Weak::upgrade) {
+                return group;
+            }
+            let group = Rc::new(CommitGroup {
+                shards: RefCell::new(Vec::new()),
+                wakeup: Notify::new(),
+                limits,
+                writer: RefCell::new(Some(writer())),
+            });
+            groups.retain(|_, g| g.strong_count() > 0);
+            groups.insert(engine_id, Rc::downgrade(&group));
+            group
+        })
+    }
+
+    /// Adds a shard to the group.
+    pub(super) fn register(&self, core: &Rc<ShardCore>) {
+        self.shards.borrow_mut().push(Rc::downgrade(core));
+        self.wakeup.notify_one();
+    }
+
+    /// Starts the group's loop (once; later calls do nothing).
+    pub(super) fn start(self: &Rc<Self>) {
+        if let Some(writer) = self.writer.borrow_mut().take() {
+            actix_rt::spawn(Rc::clone(self).run(writer));
+        }
+    }
+
+    fn cores(&self) -> Vec<Rc<ShardCore>> {
+        self.shards
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
+    async fn run(self: Rc<Self>, mut writer: Box<dyn ShardWriter>) {
         let renew_every = self.limits.lease_renew_interval;
         let mut next_renewal = Instant::now() + renew_every;
+        let mut next_acquire = Instant::now();
         loop {
-            if self.take_release(&mut writer).await {
+            self.serve_releases(&mut writer).await;
+            let cores = self.cores();
+            if cores.is_empty() && Rc::strong_count(&self) == 1 {
+                // Every shard is gone (the engine stopped): nothing left to commit.
                 return;
             }
-            if self.ownership.get() != Ownership::Owned {
-                match writer.acquire().await {
-                    Ok(Some(lease)) => {
-                        *self.acquire_error.borrow_mut() = None;
-                        self.gain(lease);
-                        next_renewal = Instant::now() + renew_every;
-                    }
-                    Ok(None) => {
-                        *self.acquire_error.borrow_mut() = None;
-                        self.refuse_acquiring();
-                        self.pause_or_release(renew_every).await;
-                        continue;
-                    }
-                    Err(error) => {
-                        tracing::warn!(shard = self.shard, %error, "lease acquisition failed");
-                        *self.acquire_error.borrow_mut() = Some(error);
-                        self.refuse_acquiring();
-                        self.pause_or_release(ACQUIRE_ERROR_PAUSE.min(renew_every))
-                            .await;
-                        continue;
-                    }
+            // A shard just started asks at once; a shard that lost its lease asks again after
+            // a pause.
+            let starting = cores
+                .iter()
+                .any(|c| c.ownership.get() == Ownership::Acquiring);
+            let lost = cores.iter().any(|c| c.ownership.get() == Ownership::Lost);
+            if starting || (lost && Instant::now() >= next_acquire) {
+                let pause = self.acquire_all(&mut writer, &cores, lost).await;
+                if lost || cores.iter().any(|c| c.ownership.get() == Ownership::Lost) {
+                    next_acquire = next_acquire.max(Instant::now() + pause);
                 }
             }
+            let unowned = cores
+                .iter()
+                .any(|c| matches!(c.ownership.get(), Ownership::Acquiring | Ownership::Lost));
+            let wake_at = if unowned {
+                next_renewal.min(next_acquire)
+            } else {
+                next_renewal
+            };
+            drop(cores);
             tokio::select! {
                 _ = self.wakeup.notified() => {}
-                _ = tokio::time::sleep_until(next_renewal.into()) => {}
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
             }
             loop {
-                if self.release_request.borrow().is_some() {
+                let cores = self.cores();
+                if cores.iter().any(|c| c.release_request.borrow().is_some()) {
                     break;
                 }
                 if Instant::now() >= next_renewal {
                     next_renewal = Instant::now() + renew_every;
-                    if !self.renew(&mut writer).await {
-                        break;
-                    }
+                    self.renew(&mut writer, &cores).await;
                 }
-                let queued = self.queue.borrow().len();
+                let queued: usize = cores
+                    .iter()
+                    .filter(|c| c.ownership.get() == Ownership::Owned)
+                    .map(|c| c.queue.borrow().len())
+                    .sum();
                 if queued == 0 {
                     break;
                 }
+                drop(cores);
                 if queued < self.limits.batch_size_max {
                     if self.limits.flush_interval.is_zero() {
                         // Let the order actors that are ready run first, so their snapshots
-                        // join this batch.
+                        // join this write.
                         tokio::task::yield_now().await;
                     } else {
                         tokio::time::sleep(self.limits.flush_interval).await;
                     }
                 }
-                self.commit_once(&mut writer).await;
-                if self.ownership.get() != Ownership::Owned {
-                    break;
+                self.commit_once(&mut writer, None).await;
+            }
+        }
+    }
+
+    /// Asks for the lease of every shard not owned; answers how long to wait before asking
+    /// again for those still not owned.
+    async fn acquire_all(
+        &self,
+        writer: &mut Box<dyn ShardWriter>,
+        cores: &[Rc<ShardCore>],
+        include_lost: bool,
+    ) -> Duration {
+        let mut pause = self.limits.lease_renew_interval;
+        for core in cores {
+            let ask = match core.ownership.get() {
+                Ownership::Acquiring => true,
+                Ownership::Lost => include_lost,
+                Ownership::Owned | Ownership::Released => false,
+            };
+            if !ask {
+                continue;
+            }
+            match writer.acquire(core.shard).await {
+                Ok(Some(lease)) => {
+                    *core.acquire_error.borrow_mut() = None;
+                    core.gain(lease);
+                }
+                Ok(None) => {
+                    *core.acquire_error.borrow_mut() = None;
+                    core.refuse_acquiring();
+                }
+                Err(error) => {
+                    tracing::warn!(shard = core.shard, %error, "lease acquisition failed");
+                    *core.acquire_error.borrow_mut() = Some(error);
+                    core.refuse_acquiring();
+                    pause = pause.min(ACQUIRE_ERROR_PAUSE);
+                }
+            }
+        }
+        pause
+    }
+
+    /// Renews the leases of the owned shards; shards whose renewal is refused stop.
+    async fn renew(&self, writer: &mut Box<dyn ShardWriter>, cores: &[Rc<ShardCore>]) {
+        let owned: Vec<u32> = cores
+            .iter()
+            .filter(|c| c.ownership.get() == Ownership::Owned)
+            .map(|c| c.shard)
+            .collect();
+        if owned.is_empty() {
+            return;
+        }
+        match writer.renew(&owned).await {
+            Ok(lost) => {
+                for core in cores {
+                    if lost.contains(&core.shard) {
+                        tracing::warn!(shard = core.shard, "lease renewal refused");
+                        core.lose(LeaseEvent::RenewalRefused);
+                    } else if owned.contains(&core.shard) {
+                        telemetry::record_lease(LeaseEvent::Renewed);
+                    }
+                }
+            }
+            Err(error) => {
+                // The store is unreachable: the leases may still be ours. Writes stay fenced
+                // by the store itself, so keep going; a write or renewal that finds a lease
+                // gone stops its shard.
+                tracing::warn!(%error, "lease renewal failed");
+                for _ in &owned {
+                    telemetry::record_lease(LeaseEvent::RenewalFailed);
                 }
             }
         }
     }
 
-    /// Renews the lease; false if it was lost.
-    async fn renew(self: &Rc<Self>, writer: &mut Box<dyn ShardWriter>) -> bool {
-        match writer.renew().await {
-            Ok(()) => {
-                telemetry::record_lease(LeaseEvent::Renewed);
-                true
+    /// Serves graceful stops: a shard asked to release first commits what it queued (accepted
+    /// before the stop), then releases its lease and refuses whatever comes after.
+    async fn serve_releases(&self, writer: &mut Box<dyn ShardWriter>) {
+        for core in self.cores() {
+            let Some(reply) = core.release_request.borrow_mut().take() else {
+                continue;
+            };
+            while core.ownership.get() == Ownership::Owned && !core.queue.borrow().is_empty() {
+                self.commit_once(writer, Some(core.shard)).await;
             }
-            Err(StoreError::Fenced { detail, .. }) => {
-                tracing::warn!(shard = self.shard, %detail, "lease renewal refused");
-                self.lose(LeaseEvent::RenewalRefused);
-                false
+            if core.ownership.get() == Ownership::Owned {
+                if let Err(error) = writer.release(core.shard).await {
+                    tracing::warn!(shard = core.shard, %error, "lease release failed");
+                } else {
+                    telemetry::record_lease(LeaseEvent::Released);
+                }
             }
-            Err(error) => {
-                // The store is unreachable: the lease may still be ours. Writes stay fenced by
-                // the store itself, so keep trying; a write or renewal that finds the lease
-                // gone stops the shard.
-                tracing::warn!(shard = self.shard, %error, "lease renewal failed");
-                telemetry::record_lease(LeaseEvent::RenewalFailed);
-                true
-            }
+            core.ownership.set(Ownership::Released);
+            core.refuse_waiting();
+            let _ = reply.send(());
         }
     }
 
+    /// One group write: the ready entries of every owned shard (or of `only` that shard), each
+    /// shard's writes checked against its own lease, all in one atomic call.
+    async fn commit_once(&self, writer: &mut Box<dyn ShardWriter>, only: Option<u32>) {
+        let mut parts: Vec<Part> = Vec::new();
+        let mut batches: Vec<ShardBatch> = Vec::new();
+        for core in self.cores() {
+            if core.ownership.get() != Ownership::Owned || only.is_some_and(|s| s != core.shard) {
+                continue;
+            }
+            let mut entries: Vec<CommitEntry> = {
+                let mut queue = core.queue.borrow_mut();
+                let n = queue.len().min(self.limits.batch_size_max);
+                queue.drain(..n).collect()
+            };
+            if entries.is_empty() {
+                continue;
+            }
+            let stale = core.stale_entries(&entries);
+            let batch = coalesce(&mut entries, &stale);
+            batches.push(ShardBatch {
+                shard: core.shard,
+                writes: batch.writes,
+            });
+            parts.push(Part {
+                core,
+                entries,
+                write_of_entry: batch.write_of_entry,
+                stale,
+            });
+        }
+        if parts.is_empty() {
+            return;
+        }
+        let snapshots: usize = batches.iter().map(|b| b.writes.len()).sum();
+        let events: usize = batches
+            .iter()
+            .flat_map(|b| b.writes.iter())
+            .map(|w| w.events.len())
+            .sum();
+        let started = Instant::now();
+        let outcome = if snapshots == 0 {
+            Ok(Vec::new())
+        } else {
+            writer.write(batches).await
+        };
+        if snapshots > 0 {
+            telemetry::record_commit(
+                parts[0].core.store.kind(),
+                snapshots,
+                events,
+                started.elapsed().as_secs_f64(),
+                outcome.is_ok(),
+            );
+        }
+        for part in parts {
+            let shard_outcome = match &outcome {
+                Err(error) => Err(error.clone()),
+                Ok(refused) if refused.contains(&part.core.shard) => Err(StoreError::Fenced {
+                    shard: part.core.shard,
+                    detail: "the lease moved".into(),
+                }),
+                Ok(_) => Ok(()),
+            };
+            part.core
+                .settle_batch(part.entries, part.write_of_entry, part.stale, shard_outcome);
+        }
+    }
+}
+
+/// One shard's share of a group write.
+struct Part {
+    core: Rc<ShardCore>,
+    entries: Vec<CommitEntry>,
+    write_of_entry: Vec<Option<usize>>,
+    stale: Vec<bool>,
+}
+
+impl ShardCore {
     fn gain(self: &Rc<Self>, lease: Lease) {
         self.ownership.set(Ownership::Owned);
         self.update_stats(|s| s.lease_token = lease.token);
@@ -124,7 +340,8 @@ impl ShardCore {
         actix_rt::spawn(Rc::clone(self).recover_payments());
     }
 
-    /// The first acquisition found the lease held by another node: refuse what waited for it.
+    /// The first acquisition found the lease held by another node (or could not ask): refuse
+    /// what waited for it.
     fn refuse_acquiring(&self) {
         if self.ownership.get() == Ownership::Acquiring {
             self.ownership.set(Ownership::Lost);
@@ -160,75 +377,28 @@ impl ShardCore {
         });
     }
 
-    /// Sleeps `pause`, unless a graceful stop asks for the lease first.
-    async fn pause_or_release(&self, pause: Duration) {
-        tokio::select! {
-            _ = self.wakeup.notified() => {}
-            _ = tokio::time::sleep(pause) => {}
-        }
+    /// Entries an actor produced before it was told to reload (or before the shard lost its
+    /// lease) are built on state that was never made durable: they are refused.
+    fn stale_entries(&self, entries: &[CommitEntry]) -> Vec<bool> {
+        let mut live = self.live.borrow_mut();
+        entries
+            .iter()
+            .map(|e| {
+                live.get_mut(&e.order_id)
+                    .is_none_or(|l| l.incarnation != e.incarnation)
+            })
+            .collect()
     }
 
-    /// Serves a graceful stop: releases the lease (the in-flight batch is done, since the loop
-    /// only gets here between batches) and refuses whatever comes after. True if stopped.
-    async fn take_release(self: &Rc<Self>, writer: &mut Box<dyn ShardWriter>) -> bool {
-        let Some(reply) = self.release_request.borrow_mut().take() else {
-            return false;
-        };
-        // Commit what is queued first: it was accepted before the stop.
-        if self.ownership.get() == Ownership::Owned {
-            while !self.queue.borrow().is_empty() && self.ownership.get() == Ownership::Owned {
-                self.commit_once(writer).await;
-            }
-        }
-        if self.ownership.get() == Ownership::Owned {
-            if let Err(error) = writer.release().await {
-                tracing::warn!(shard = self.shard, %error, "lease release failed");
-            } else {
-                telemetry::record_lease(LeaseEvent::Released);
-            }
-        }
-        self.ownership.set(Ownership::Released);
-        self.refuse_waiting();
-        let _ = reply.send(());
-        true
-    }
-
-    pub(super) async fn commit_once(self: &Rc<Self>, writer: &mut Box<dyn ShardWriter>) {
-        let mut entries: Vec<CommitEntry> = {
-            let mut queue = self.queue.borrow_mut();
-            let n = queue.len().min(self.limits.batch_size_max);
-            queue.drain(..n).collect()
-        };
-        // Entries an actor produced before it was told to reload (or before the shard lost its
-        // lease) are built on state that was never made durable: refuse them.
-        let stale: Vec<bool> = {
-            let mut live = self.live.borrow_mut();
-            entries
-                .iter()
-                .map(|e| {
-                    live.get_mut(&e.order_id)
-                        .is_none_or(|l| l.incarnation != e.incarnation)
-                })
-                .collect()
-        };
-        let batch = coalesce(&mut entries, &stale);
-        let snapshots = batch.writes.len();
-        let events: usize = batch.writes.iter().map(|w| w.events.len()).sum();
-        let started = Instant::now();
-        let outcome = if batch.writes.is_empty() {
-            Ok(())
-        } else {
-            writer.write(batch.writes).await
-        };
-        if snapshots > 0 {
-            telemetry::record_commit(
-                self.store.kind(),
-                snapshots,
-                events,
-                started.elapsed().as_secs_f64(),
-                outcome.is_ok(),
-            );
-        }
+    /// Answers the entries of this shard's part of a group write, given its outcome, and
+    /// carries out what follows: reloads, redeliveries, gateway jobs, parked requests.
+    fn settle_batch(
+        self: &Rc<Self>,
+        entries: Vec<CommitEntry>,
+        write_of_entry: Vec<Option<usize>>,
+        stale: Vec<bool>,
+        outcome: Result<(), StoreError>,
+    ) {
         let fenced = matches!(outcome, Err(StoreError::Fenced { .. }));
         let outcome = outcome.map_err(|error| match error {
             StoreError::Fenced { .. } => EngineError::ShardUnavailable(self.shard),
@@ -238,8 +408,7 @@ impl ShardCore {
         let mut jobs: Vec<GatewayJob> = Vec::new();
         let mut reloads: Vec<(OrderId, &'static str)> = Vec::new();
         let mut redeliveries: Vec<(OrderId, CommandEnvelope, u8)> = Vec::new();
-        for ((mut entry, write), stale) in entries.into_iter().zip(batch.write_of_entry).zip(stale)
-        {
+        for ((mut entry, write), stale) in entries.into_iter().zip(write_of_entry).zip(stale) {
             let (result, failed) = if stale {
                 (Err(EngineError::Conflict(entry.order_id)), false)
             } else {

@@ -9,7 +9,8 @@
 //! each:
 //! - `routing`: dispatches from the engine handle, activation, parking while the live set is
 //!   full or the lease is being acquired;
-//! - `commit_loop`: the lease (acquire, renew, lose, release) and group commit;
+//! - `commit_loop`: the commit group of a thread: leases (acquire, renew, lose, release) and
+//!   group commit of its shards' batches in one fenced write;
 //! - `gateway_link`: jobs to the gateway actors and their verdicts back;
 //! - `recovery`: resuming live payments after a start or a takeover;
 //! - `passivation`: the idle sweep and eviction.
@@ -29,7 +30,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, AsyncContext, Context, Handler, Message};
 use slab::Slab;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 use super::commit::{CommitEntry, PendingReply};
 use super::live_set::LiveSet;
@@ -37,8 +38,9 @@ use super::messages::{CommandResult, Dispatch, EngineError, Origin, Redelivery, 
 use crate::config::Settings;
 use crate::domain::{OrderId, OrderPolicy};
 use crate::gateway::{GatewayReply, Gateways, ReplySender};
-use crate::store::{LeaseOwner, ShardWriter, SnapshotStore};
+use crate::store::{LeaseOwner, SnapshotStore};
 use crate::telemetry;
+use commit_loop::CommitGroup;
 
 /// Bounds a shard applies, copied from settings.
 #[derive(Clone, Copy)]
@@ -127,7 +129,9 @@ pub(crate) struct ShardCore {
     replies: RefCell<Slab<PendingReply>>,
     queue: RefCell<VecDeque<CommitEntry>>,
     waiting: RefCell<VecDeque<Parked>>,
-    wakeup: Notify,
+    /// The commit group of this shard's thread: it writes this shard's batches together with
+    /// its neighbours', under each shard's own lease.
+    group: Rc<CommitGroup>,
     /// Where gateways send their verdicts on this shard's orders.
     gateway_replies: ReplySender,
     /// Verdicts whose write failed, delivered again after a pause.
@@ -187,7 +191,7 @@ impl ShardCore {
             return;
         }
         self.queue.borrow_mut().push_back(entry);
-        self.wakeup.notify_one();
+        self.group.wakeup.notify_one();
     }
 
     /// Answers a request and updates the order's bookkeeping.
@@ -248,13 +252,15 @@ fn outcome_label(result: &CommandResult) -> &'static str {
 /// The shard actor: the actix face of a `ShardCore`.
 pub struct ShardActor {
     core: Rc<ShardCore>,
-    writer: Option<Box<dyn ShardWriter>>,
     gateway_rx: Option<UnboundedReceiver<GatewayReply>>,
     redelivery_rx: Option<UnboundedReceiver<Redelivery>>,
 }
 
 impl ShardActor {
+    /// A shard of engine `engine_id`; must be called on the arbiter thread that will run it
+    /// (it joins that thread's commit group).
     pub(crate) fn new(
+        engine_id: u64,
         shard: u32,
         store: Arc<dyn SnapshotStore>,
         gateways: Gateways,
@@ -264,7 +270,7 @@ impl ShardActor {
     ) -> ShardActor {
         let (gateway_replies, gateway_rx) = unbounded_channel();
         let (redeliveries, redelivery_rx) = unbounded_channel();
-        let writer = store.shard_writer(shard, owner);
+        let group = CommitGroup::on_this_thread(engine_id, limits, || store.shard_writer(owner));
         let core = Rc::new(ShardCore {
             shard,
             store,
@@ -275,7 +281,7 @@ impl ShardActor {
             replies: RefCell::new(Slab::new()),
             queue: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(VecDeque::new()),
-            wakeup: Notify::new(),
+            group,
             gateway_replies,
             redeliveries,
             origin: Instant::now(),
@@ -285,9 +291,9 @@ impl ShardActor {
             release_request: RefCell::new(None),
             acquire_error: RefCell::new(None),
         });
+        core.group.register(&core);
         ShardActor {
             core,
-            writer: Some(writer),
             gateway_rx: Some(gateway_rx),
             redelivery_rx: Some(redelivery_rx),
         }
@@ -298,9 +304,7 @@ impl Actor for ShardActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Some(writer) = self.writer.take() {
-            actix_rt::spawn(Rc::clone(&self.core).run_commits(writer));
-        }
+        self.core.group.start();
         // Gateway verdicts and redeliveries arrive on their own channels, never behind bulk
         // work in the shard's mailbox.
         if let Some(mut rx) = self.gateway_rx.take() {
@@ -365,7 +369,7 @@ impl Handler<ReleaseLease> for ShardActor {
     fn handle(&mut self, _: ReleaseLease, _: &mut Context<Self>) -> Self::Result {
         let (tx, rx) = oneshot::channel();
         *self.core.release_request.borrow_mut() = Some(tx);
-        self.core.wakeup.notify_one();
+        self.core.group.wakeup.notify_one();
         Box::pin(async move {
             let _ = rx.await;
         })
