@@ -78,6 +78,9 @@ pub enum Request {
 #[derive(Debug)]
 pub(crate) struct Routed {
     pub(crate) order_id: OrderId,
+    /// The order's logical shard (a dispatch may carry the orders of every shard of one
+    /// arbiter thread).
+    pub(crate) shard: u32,
     pub(crate) request: Request,
     /// The id was just minted by the engine, so there is no snapshot to load.
     pub(crate) fresh: bool,
@@ -93,7 +96,9 @@ pub(crate) enum ReplyTo {
     Many(oneshot::Sender<Vec<(u32, CommandResult)>>),
 }
 
-/// Engine → shard: requests for orders of this shard.
+/// Engine → shard: requests for orders of this shard, or (a batch) of every shard on the
+/// receiving shard's arbiter thread: one message and one answer per thread, not per shard,
+/// because each cross-thread message costs a wake-up of the receiving thread.
 pub(crate) struct Dispatch {
     pub(crate) items: Vec<Routed>,
     pub(crate) reply: ReplyTo,

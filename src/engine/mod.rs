@@ -38,6 +38,9 @@ pub enum Admission {
 
 struct EngineInner {
     shards: Vec<Addr<ShardActor>>,
+    /// Shards that receive batch dispatches for their whole arbiter thread: `min(arbiters,
+    /// shards)`.
+    routers: usize,
     arbiters: Mutex<Vec<Arbiter>>,
     store: Arc<dyn SnapshotStore>,
     gateways: Gateways,
@@ -69,7 +72,7 @@ impl Engine {
             node_id: settings.cluster.effective_node_id().into(),
             ttl_ms: settings.cluster.lease_ttl_ms,
         };
-        let shards = (0..settings.engine.shards)
+        let shards: Vec<Addr<ShardActor>> = (0..settings.engine.shards)
             .map(|shard| {
                 let arbiter = &arbiters[shard as usize % arbiters.len()];
                 let store = Arc::clone(&store);
@@ -83,6 +86,7 @@ impl Engine {
             .collect();
         Engine {
             inner: Arc::new(EngineInner {
+                routers: arbiters.len().min(shards.len()).max(1),
                 shards,
                 arbiters: Mutex::new(arbiters),
                 store,
@@ -136,6 +140,7 @@ impl Engine {
         self.execute_routed(
             Routed {
                 order_id,
+                shard: self.shard_of(order_id),
                 request,
                 fresh: true,
                 index: 0,
@@ -155,6 +160,7 @@ impl Engine {
         self.execute_routed(
             Routed {
                 order_id,
+                shard: self.shard_of(order_id),
                 request,
                 fresh: false,
                 index: 0,
@@ -196,7 +202,10 @@ impl Engine {
     }
 
     /// As [`Engine::execute_batch`], with each result's latency: the time from the call until
-    /// the answer of the item's shard arrived (shards answer independently).
+    /// the answer of the item's arbiter thread arrived (threads answer independently). The
+    /// items travel as one message per arbiter thread, grouped by shard, and come back as one
+    /// answer per thread: a cross-thread message costs a wake-up, and per-shard messages made
+    /// the caller's thread wake up once per shard of every batch.
     pub async fn execute_batch_timed(
         &self,
         items: Vec<BatchItem>,
@@ -207,18 +216,30 @@ impl Engine {
         let shards = self.inner.shards.len();
         let mut per_shard: Vec<Vec<Routed>> = (0..shards).map(|_| Vec::new()).collect();
         for (index, item) in items.into_iter().enumerate() {
-            let shard = self.shard_of(item.order_id) as usize;
-            per_shard[shard].push(Routed {
+            let shard = self.shard_of(item.order_id);
+            per_shard[shard as usize].push(Routed {
                 order_id: item.order_id,
+                shard,
                 request: item.request,
                 fresh: item.fresh,
                 index: index as u32,
             });
         }
+        // Shard s lives on arbiter s % arbiters, as does shard s % routers: that shard
+        // receives the thread's message and hands each item to its own shard there.
+        let routers = self.inner.routers;
+        let mut per_router: Vec<Vec<Routed>> = (0..routers).map(|_| Vec::new()).collect();
+        for (shard, routed) in per_shard.into_iter().enumerate() {
+            if per_router[shard % routers].is_empty() {
+                per_router[shard % routers] = routed;
+            } else {
+                per_router[shard % routers].extend(routed);
+            }
+        }
         let mut results: Vec<Option<(CommandResult, Duration)>> =
             (0..total).map(|_| None).collect();
         let mut waits = Vec::new();
-        for (shard, routed) in per_shard.into_iter().enumerate() {
+        for (router, routed) in per_router.into_iter().enumerate() {
             if routed.is_empty() {
                 continue;
             }
@@ -228,7 +249,7 @@ impl Engine {
                 items: routed,
                 reply: ReplyTo::Many(tx),
             };
-            match self.send(shard as u32, dispatch, admission).await {
+            match self.send(router as u32, dispatch, admission).await {
                 Ok(()) => waits.push(async move {
                     let answers = rx.await;
                     (indices, answers, started.elapsed())

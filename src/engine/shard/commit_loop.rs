@@ -77,6 +77,15 @@ impl CommitGroup {
         }
     }
 
+    /// The shard `shard` of this group, if it is here.
+    pub(super) fn core(&self, shard: u32) -> Option<Rc<ShardCore>> {
+        self.shards
+            .borrow()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .find(|c| c.shard == shard)
+    }
+
     fn cores(&self) -> Vec<Rc<ShardCore>> {
         self.shards
             .borrow()

@@ -45,8 +45,11 @@ impl ShardCore {
                     }
                     return;
                 }
+                // The items may belong to any shard of this thread: route each to its own.
+                let mut target: Option<Rc<ShardCore>> = None;
                 for Routed {
                     order_id,
+                    shard,
                     request,
                     fresh,
                     index,
@@ -56,8 +59,21 @@ impl ShardCore {
                         collector: Rc::clone(&collector),
                         index,
                     };
-                    let token = self.replies.borrow_mut().insert(reply);
-                    self.route(
+                    if target.as_ref().is_none_or(|t| t.shard != shard) {
+                        target = if shard == self.shard {
+                            Some(Rc::clone(self))
+                        } else {
+                            self.group.core(shard)
+                        };
+                    }
+                    let Some(core) = &target else {
+                        reply.send(Err(EngineError::Internal(format!(
+                            "shard {shard} is not on this thread"
+                        ))));
+                        continue;
+                    };
+                    let token = core.replies.borrow_mut().insert(reply);
+                    core.route(
                         order_id,
                         Work::Request(request),
                         fresh,
