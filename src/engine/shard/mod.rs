@@ -47,6 +47,7 @@ use commit_loop::CommitGroup;
 pub(crate) struct ShardLimits {
     pub(crate) max_live_orders: usize,
     pub(crate) idle_timeout: Duration,
+    pub(crate) passivate_settled: bool,
     pub(crate) in_flight_max: u32,
     pub(crate) waiting_max: usize,
     pub(crate) batch_size_max: usize,
@@ -61,6 +62,7 @@ impl ShardLimits {
         ShardLimits {
             max_live_orders: settings.engine.max_live_orders_per_shard,
             idle_timeout: Duration::from_millis(settings.engine.idle_timeout_ms),
+            passivate_settled: settings.engine.passivate_settled,
             in_flight_max: settings.engine.order_commands_in_flight_max,
             waiting_max: settings.engine.waiting_commands_max,
             batch_size_max: settings.commit.batch_size_max,
@@ -214,6 +216,10 @@ impl ShardCore {
             // A request for an order that does not exist: nothing worth keeping live.
             live.remove(&order_id);
             telemetry::record_passivation("unknown_order");
+        } else if idle && settled && self.limits.passivate_settled {
+            // It can never change again: its snapshot in the store is all it is.
+            live.remove(&order_id);
+            telemetry::record_passivation("settled");
         } else {
             live.set_settled(&order_id, settled);
         }
