@@ -255,6 +255,30 @@ async fn a_stale_token_is_refused_by_the_store() {
     // ones none.
     let events = RedisStore::events_key("orderly", 3);
     assert_eq!(server.command(&["XLEN", &events]).as_int(), Some(3));
+    // Each entry has one field holding a line `<order-id>:<version>:<event>` per event.
+    let entries = server.command(&["XRANGE", &events, "-", "+"]);
+    let lines: Vec<String> = entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| {
+            let fields = entry.as_array().expect("[id, fields]")[1]
+                .as_array()
+                .expect("fields");
+            assert_eq!(
+                fields[0].as_str(),
+                Some(orderly::store::redis::OUTBOX_FIELD)
+            );
+            fields[1].as_str().expect("lines").to_string()
+        })
+        .collect();
+    assert_eq!(lines.len(), 3);
+    for (line, version) in lines.iter().zip(1..) {
+        assert!(
+            line.ends_with(&format!(":{version}:test_event\n")),
+            "outbox line {line:?}"
+        );
+    }
     let epoch = RedisStore::epoch_key("orderly", 3);
     assert_eq!(server.command(&["GET", &epoch]).as_int(), Some(4));
     assert_eq!(

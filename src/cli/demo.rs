@@ -36,8 +36,10 @@ pub struct DemoArgs {
     /// Orders to run through the whole lifecycle.
     #[arg(long, default_value_t = 100_000)]
     pub orders: u64,
-    /// Orders per engine call (one message per shard per call).
-    #[arg(long, default_value_t = 512)]
+    /// Orders per engine call (one message per arbiter thread per call). The default keeps
+    /// 8,192 orders in flight (`--batch` × `--concurrency`): enough to fill large fenced
+    /// batches, few enough that a lifecycle step waits tens of milliseconds, not hundreds.
+    #[arg(long, default_value_t = 256)]
     pub batch: usize,
     /// Batches in flight at once.
     #[arg(long, default_value_t = 32)]
@@ -133,6 +135,9 @@ pub struct DemoReport {
     pub orders: u64,
     /// Orders that completed every requested step (`--until`, by default through Completed).
     pub completed: u64,
+    /// Most orders in flight at once (`--batch` × `--concurrency`): batching never buys
+    /// throughput with more queueing than this.
+    pub in_flight_max: u64,
     /// Orders that did not (a step was refused or failed).
     pub rejected: u64,
     /// Wall time.
@@ -590,6 +595,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<DemoReport> {
     Ok(DemoReport {
         orders: args.orders,
         completed: t.completed,
+        in_flight_max: batch * args.concurrency.clamp(1, 4096) as u64,
         rejected: t.rejected,
         elapsed_s: secs,
         orders_per_sec: t.completed as f64 / secs,
@@ -626,8 +632,8 @@ pub fn print_human(report: &DemoReport, to_stderr: bool) {
         report.orders, report.completed, report.rejected, report.elapsed_s, report.store, report.shards, report.arbiters
     ));
     text.push_str(&format!(
-        "  throughput: {:.0} lifecycles/s, {:.0} commands/s\n",
-        report.orders_per_sec, report.commands_per_sec
+        "  throughput: {:.0} lifecycles/s, {:.0} commands/s, at most {} orders in flight\n",
+        report.orders_per_sec, report.commands_per_sec, report.in_flight_max
     ));
     for (step, p) in &report.latency_ms {
         text.push_str(&format!(

@@ -69,6 +69,10 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
+/// The field of an outbox stream entry that holds its events, one line
+/// `<order-id>:<version>:<event>` each.
+pub const OUTBOX_FIELD: &str = "events";
+
 /// How often one batch is retried after its `EXEC` was aborted while the lease stayed ours
 /// (our own renewal touched it); more means something else keeps touching the lease.
 const ABORTED_RETRIES_MAX: u32 = 3;
@@ -401,25 +405,30 @@ impl RedisShardWriter {
                 }
             }
             if self.outbox_maxlen > 0 && batch.writes.iter().any(|w| !w.events.is_empty()) {
-                // One stream entry per shard per batch: field `<order-id>:<version>`, value
-                // the event name, in commit order.
-                let xadd = pipe
-                    .cmd("XADD")
+                // One stream entry per shard per batch, with one field `events` whose value
+                // has a line `<order-id>:<version>:<event>` per event, in commit order. Redis
+                // pays per field of an entry: one field per event cost more than the
+                // snapshots' MSET per key.
+                let mut lines = String::with_capacity(batch.writes.len() * 64);
+                for write in &batch.writes {
+                    for event in &write.events {
+                        push_uuid(&mut lines, write.order_id);
+                        lines.push(':');
+                        lines.push_str(itoa::Buffer::new().format(write.version));
+                        lines.push(':');
+                        lines.push_str(event);
+                        lines.push('\n');
+                    }
+                }
+                pipe.cmd("XADD")
                     .arg(RedisStore::events_key(&self.prefix, batch.shard))
                     .arg("MAXLEN")
                     .arg("~")
                     .arg(self.outbox_maxlen)
-                    .arg("*");
-                for write in &batch.writes {
-                    for event in &write.events {
-                        field.clear();
-                        push_uuid(&mut field, write.order_id);
-                        field.push(':');
-                        field.push_str(itoa::Buffer::new().format(write.version));
-                        xadd.arg(field.as_str()).arg(*event);
-                    }
-                }
-                xadd.ignore();
+                    .arg("*")
+                    .arg(OUTBOX_FIELD)
+                    .arg(lines.as_str())
+                    .ignore();
             }
         }
         for &shard in renew {
