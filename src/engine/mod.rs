@@ -213,11 +213,13 @@ impl Engine {
     ) -> Vec<(CommandResult, Duration)> {
         let started = Instant::now();
         let total = items.len();
-        let shards = self.inner.shards.len();
-        let mut per_shard: Vec<Vec<Routed>> = (0..shards).map(|_| Vec::new()).collect();
+        // Shard s lives on arbiter s % arbiters, as does shard s % routers: that shard
+        // receives the thread's message and hands each item to its own shard there.
+        let routers = self.inner.routers;
+        let mut per_router: Vec<Vec<Routed>> = (0..routers).map(|_| Vec::new()).collect();
         for (index, item) in items.into_iter().enumerate() {
             let shard = self.shard_of(item.order_id);
-            per_shard[shard as usize].push(Routed {
+            per_router[shard as usize % routers].push(Routed {
                 order_id: item.order_id,
                 shard,
                 request: item.request,
@@ -225,16 +227,9 @@ impl Engine {
                 index: index as u32,
             });
         }
-        // Shard s lives on arbiter s % arbiters, as does shard s % routers: that shard
-        // receives the thread's message and hands each item to its own shard there.
-        let routers = self.inner.routers;
-        let mut per_router: Vec<Vec<Routed>> = (0..routers).map(|_| Vec::new()).collect();
-        for (shard, routed) in per_shard.into_iter().enumerate() {
-            if per_router[shard % routers].is_empty() {
-                per_router[shard % routers] = routed;
-            } else {
-                per_router[shard % routers].extend(routed);
-            }
+        for routed in &mut per_router {
+            // The receiving thread looks a shard up once per run of its items.
+            routed.sort_by_key(|r| r.shard);
         }
         let mut results: Vec<Option<(CommandResult, Duration)>> =
             (0..total).map(|_| None).collect();

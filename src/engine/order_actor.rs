@@ -12,7 +12,7 @@ use super::commit::{CommitEntry, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work};
 use super::shard::ShardCore;
 use crate::domain::{
-    apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection, Timestamp,
+    apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection,
 };
 use crate::gateway::{GatewayJob, JobKind, DETACHED};
 use crate::store::{snapshot, StoreError};
@@ -172,7 +172,7 @@ impl OrderActor {
             }
             Request::Command(envelope) => envelope,
         };
-        let now = Timestamp::now();
+        let now = self.core.now();
         let policy = self.core.policy;
         let current = current_order.as_deref();
         let id = self.id;

@@ -374,7 +374,16 @@ impl RedisShardWriter {
         let mut pipe = redis::pipe();
         pipe.cmd("MULTI").ignore();
         if !batches.is_empty() {
-            let mset = pipe.cmd("MSET");
+            // Sized up front: a group write carries thousands of snapshots, and growing the
+            // command buffer by doubling copied it several times over.
+            let writes = batches.iter().map(|b| b.writes.len()).sum::<usize>();
+            let bytes = batches
+                .iter()
+                .flat_map(|b| b.writes.iter())
+                .map(|w| w.bytes.len() + self.prefix.len() + 56)
+                .sum::<usize>();
+            let mut mset = redis::Cmd::with_capacity(1 + 2 * writes, 4 + bytes);
+            mset.arg("MSET");
             let mut key = String::with_capacity(self.prefix.len() + 60);
             for batch in batches {
                 for write in &batch.writes {
@@ -383,7 +392,7 @@ impl RedisShardWriter {
                     mset.arg(key.as_str()).arg(&write.bytes[..]);
                 }
             }
-            mset.ignore();
+            pipe.add_command(mset).ignore();
         }
         let mut field = String::with_capacity(48);
         for batch in batches {

@@ -34,6 +34,10 @@ thread_local! {
 /// The shards of one engine on one arbiter thread, committed together by one loop.
 pub(crate) struct CommitGroup {
     shards: RefCell<Vec<Weak<ShardCore>>>,
+    /// The thread's clock, read at most once per dispatch or commit round: commands applied
+    /// in one round share a timestamp (it lags by at most a round, about a millisecond, and
+    /// never runs ahead). Reading the clock per command was 3% of the CPU profile.
+    clock: std::cell::Cell<Option<(crate::domain::Timestamp, Instant)>>,
     /// Woken by the shards when they queue an entry or ask for a release.
     pub(super) wakeup: Notify,
     limits: ShardLimits,
@@ -54,6 +58,7 @@ impl CommitGroup {
             }
             let group = Rc::new(CommitGroup {
                 shards: RefCell::new(Vec::new()),
+                clock: std::cell::Cell::new(None),
                 wakeup: Notify::new(),
                 limits,
                 writer: RefCell::new(Some(writer())),
@@ -75,6 +80,21 @@ impl CommitGroup {
         if let Some(writer) = self.writer.borrow_mut().take() {
             actix_rt::spawn(Rc::clone(self).run(writer));
         }
+    }
+
+    /// Now, as of this round (see `clock`).
+    pub(super) fn now(&self) -> (crate::domain::Timestamp, Instant) {
+        if let Some(now) = self.clock.get() {
+            return now;
+        }
+        let now = (crate::domain::Timestamp::now(), Instant::now());
+        self.clock.set(Some(now));
+        now
+    }
+
+    /// Starts a new round: the next `now` reads the clock again.
+    pub(super) fn tick(&self) {
+        self.clock.set(None);
     }
 
     /// The shard `shard` of this group, if it is here.
@@ -131,6 +151,7 @@ impl CommitGroup {
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
             }
             loop {
+                self.tick();
                 let cores = self.cores();
                 if cores.iter().any(|c| c.release_request.borrow().is_some()) {
                     break;

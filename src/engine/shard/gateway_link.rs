@@ -148,6 +148,7 @@ impl ShardCore {
     /// behind creates in the shard's mailbox. The engine adapts each verdict into the command
     /// that records it.
     pub(super) fn handle_gateway_reply(self: &Rc<Self>, reply: GatewayReply) {
+        self.group.tick();
         match reply {
             GatewayReply::Verdicts(verdicts) => {
                 for verdict in verdicts {
@@ -176,6 +177,7 @@ impl ShardCore {
 
     /// A verdict whose write failed, delivered again.
     pub(super) fn handle_redelivery(self: &Rc<Self>, redelivery: Redelivery) {
+        self.group.tick();
         self.route(
             redelivery.order_id,
             Work::Request(Request::Command(redelivery.envelope)),

@@ -154,7 +154,16 @@ pub(crate) struct ShardCore {
 
 impl ShardCore {
     fn now_s(&self) -> u32 {
-        self.origin.elapsed().as_secs() as u32
+        self.group
+            .now()
+            .1
+            .saturating_duration_since(self.origin)
+            .as_secs() as u32
+    }
+
+    /// Now for the domain (see `CommitGroup::now`).
+    pub(crate) fn now(&self) -> crate::domain::Timestamp {
+        self.group.now().0
     }
 
     fn update_stats(&self, f: impl FnOnce(&mut ShardStats)) {

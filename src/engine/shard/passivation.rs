@@ -30,6 +30,7 @@ impl ShardCore {
 
     /// Passivates orders idle for longer than the idle timeout (bounded per sweep).
     pub(super) fn passivate_idle(&self) {
+        self.group.tick();
         let now_s = self.now_s();
         let idle_s = self.limits.idle_timeout.as_secs() as u32;
         if now_s < idle_s {

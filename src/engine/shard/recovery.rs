@@ -73,6 +73,7 @@ impl ShardCore {
         ids: Vec<OrderId>,
         reply: tokio::sync::oneshot::Sender<Vec<(u32, CommandResult)>>,
     ) {
+        self.group.tick();
         let collector = Rc::new(RefCell::new(BatchCollector {
             results: Vec::with_capacity(ids.len()),
             remaining: ids.len(),

@@ -20,6 +20,7 @@ use crate::telemetry;
 impl ShardCore {
     /// Accepts a dispatch from the engine handle.
     pub(super) fn dispatch(self: &Rc<Self>, dispatch: Dispatch) {
+        self.group.tick();
         match dispatch.reply {
             ReplyTo::One(tx) => {
                 if let Some(item) = dispatch.items.into_iter().next() {
