@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod redis;
+mod resp;
 pub mod snapshot;
 
 use std::sync::Arc;

@@ -40,9 +40,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::{BoxFuture, FutureExt};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
-use redis::AsyncConnectionConfig;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
+use super::resp::{Reply, Request, RespConnection};
 use super::{IndexChange, Lease, LeaseOwner, ShardBatch, ShardWriter, SnapshotStore, StoreError};
 use crate::config::RedisSettings;
 use crate::domain::OrderId;
@@ -86,8 +86,6 @@ pub struct RedisStore {
     connect_timeout_ms: u64,
     command_timeout_ms: u64,
     outbox_maxlen: u64,
-    acquire: Arc<redis::Script>,
-    release: Arc<redis::Script>,
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
@@ -130,8 +128,6 @@ impl RedisStore {
             connect_timeout_ms: settings.connect_timeout_ms,
             command_timeout_ms: settings.command_timeout_ms,
             outbox_maxlen: settings.outbox_maxlen,
-            acquire: Arc::new(redis::Script::new(ACQUIRE_LUA)),
-            release: Arc::new(redis::Script::new(RELEASE_LUA)),
         })
     }
 
@@ -171,92 +167,79 @@ impl RedisStore {
 /// The writer of a group of shards: its own connection (never shared, so its WATCH is its own)
 /// and what it knows of the group's leases.
 struct RedisShardWriter {
-    client: redis::Client,
-    connection: Option<MultiplexedConnection>,
-    connect_timeout_ms: u64,
-    timeout_ms: u64,
+    info: redis::ConnectionInfo,
+    connection: Option<RespConnection>,
+    connect_timeout: Duration,
+    timeout: Duration,
     outbox_maxlen: u64,
     owner: LeaseOwner,
-    acquire: Arc<redis::Script>,
-    release: Arc<redis::Script>,
     prefix: Arc<str>,
     /// Held leases by shard: the value (`<token>:<node-id>`) each held when last checked.
     held: BTreeMap<u32, String>,
     /// Whether this connection WATCHes exactly the held leases, armed while each still held
     /// its value.
     watching: bool,
-    /// Timeouts in a row on this connection.
-    timeouts: u32,
+    /// The request buffer, reused: it keeps its capacity across writes.
+    request: Request,
+    /// Reused text buffers for keys and outbox lines.
+    text: String,
+}
+
+/// What one transaction's replies say.
+struct Transaction {
+    /// The `EXEC` reply: `Some` applied, `None` aborted (a watched lease was touched).
+    applied: bool,
+    /// The leases as read right after, in `watched` order.
+    leases: Vec<Option<String>>,
 }
 
 impl RedisShardWriter {
-    async fn connection(&mut self) -> Result<MultiplexedConnection, StoreError> {
-        if let Some(connection) = &self.connection {
-            return Ok(connection.clone());
+    async fn connection(&mut self) -> Result<&mut RespConnection, StoreError> {
+        if self.connection.is_none() {
+            let connection =
+                RespConnection::connect(&self.info, self.connect_timeout, self.timeout).await?;
+            self.watching = false;
+            self.connection = Some(connection);
         }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Duration::from_millis(self.connect_timeout_ms))
-            .set_response_timeout(Duration::from_millis(self.timeout_ms + 1_000));
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(unavailable)?;
-        self.watching = false;
-        self.connection = Some(connection.clone());
-        Ok(connection)
+        match self.connection.as_mut() {
+            Some(connection) => Ok(connection),
+            None => Err(StoreError::Unavailable("no connection".into())),
+        }
     }
 
-    /// After an error: a timeout keeps the connection once (a slow Redis still runs what was
-    /// sent, in order, and the next call re-arms its watch behind it; dropping the socket would
-    /// discard the queued transaction instead), a second timeout in a row or any other error
-    /// drops it, and with it the WATCH state.
-    fn after_error(&mut self, error: &StoreError) {
-        self.watching = false;
-        match error {
-            StoreError::Timeout(_) if self.timeouts == 0 => self.timeouts += 1,
-            _ => {
-                self.timeouts = 0;
+    /// Sends the built request and reads its replies. A timeout keeps the connection (a slow
+    /// Redis still runs what it was sent, in order, and the next call skips the replies it
+    /// still owes); any other error drops it. Either way the WATCH state is unknown after.
+    async fn call(&mut self) -> Result<Vec<Reply>, StoreError> {
+        let request = std::mem::take(&mut self.request);
+        let timeout = self.timeout;
+        let result = match self.connection().await {
+            Ok(connection) => connection.call(&request, timeout).await,
+            Err(error) => Err(error),
+        };
+        self.request = request;
+        if let Err(error) = &result {
+            self.watching = false;
+            if !matches!(error, StoreError::Timeout(_)) {
                 self.connection = None;
             }
         }
-    }
-
-    async fn query<T: redis::FromRedisValue>(
-        &mut self,
-        pipe: &redis::Pipeline,
-    ) -> Result<T, StoreError> {
-        let mut connection = self.connection().await?;
-        let result = with_timeout(self.timeout_ms, async {
-            pipe.query_async(&mut connection).await.map_err(unavailable)
-        })
-        .await;
-        match result {
-            Ok(value) => {
-                self.timeouts = 0;
-                Ok(value)
-            }
-            Err(error) => {
-                self.after_error(&error);
-                Err(error)
-            }
-        }
+        result
     }
 
     /// Appends `WATCH` + `MGET` of the held leases (nothing when none is held).
-    fn watch_held(&self, pipe: &mut redis::Pipeline) -> Vec<u32> {
+    fn watch_held(&mut self) -> Vec<u32> {
         let shards: Vec<u32> = self.held.keys().copied().collect();
         if shards.is_empty() {
             return shards;
         }
-        let watch = pipe.cmd("WATCH");
-        for &shard in &shards {
-            watch.arg(RedisStore::lease_key(&self.prefix, shard));
-        }
-        watch.ignore();
-        let mget = pipe.cmd("MGET");
-        for &shard in &shards {
-            mget.arg(RedisStore::lease_key(&self.prefix, shard));
+        for command in ["WATCH", "MGET"] {
+            self.request.command(1 + shards.len()).arg(command);
+            for &shard in &shards {
+                self.text.clear();
+                push_lease_key(&mut self.text, &self.prefix, shard);
+                self.request.arg(self.text.as_bytes());
+            }
         }
         shards
     }
@@ -265,11 +248,9 @@ impl RedisShardWriter {
     /// whose lease moved or expired.
     fn check_leases(&mut self, shards: &[u32], values: Vec<Option<String>>) -> Vec<u32> {
         let mut lost = Vec::new();
-        for (shard, value) in shards.iter().zip(values) {
-            let ours = match (self.held.get(shard), &value) {
-                (Some(held), Some(value)) => held == value,
-                _ => false,
-            };
+        for (i, shard) in shards.iter().enumerate() {
+            let value = values.get(i).cloned().flatten();
+            let ours = matches!((self.held.get(shard), &value), (Some(h), Some(v)) if h == v);
             if !ours {
                 tracing::debug!(shard, ?value, "shard lease moved");
                 self.held.remove(shard);
@@ -284,13 +265,14 @@ impl RedisShardWriter {
     async fn arm_watch(&mut self) -> Result<Vec<u32>, StoreError> {
         let mut lost = Vec::new();
         for _ in 0..=self.held.len() {
-            let mut pipe = redis::pipe();
-            pipe.cmd("UNWATCH").ignore();
-            let shards = self.watch_held(&mut pipe);
+            self.request.clear();
+            self.request.command(1).arg("UNWATCH");
+            let shards = self.watch_held();
             if shards.is_empty() {
                 return Ok(lost);
             }
-            let (values,): (Vec<Option<String>>,) = self.query(&pipe).await?;
+            let replies = self.call().await?;
+            let values = lease_values(replies.into_iter().last())?;
             let moved = self.check_leases(&shards, values);
             if moved.is_empty() {
                 self.watching = true;
@@ -310,10 +292,9 @@ impl RedisShardWriter {
         batches: &[ShardBatch],
         renew: &[u32],
     ) -> Result<Vec<u32>, StoreError> {
-        let mut lost: Vec<u32> = Vec::new();
         for _ in 0..=ABORTED_RETRIES_MAX {
             if !self.watching {
-                lost.extend(self.arm_watch().await?);
+                self.arm_watch().await?;
             }
             let writes: Vec<&ShardBatch> = batches
                 .iter()
@@ -327,35 +308,21 @@ impl RedisShardWriter {
             if writes.is_empty() && renewals.is_empty() {
                 break;
             }
-            let mut pipe = self.transaction(&writes, &renewals);
-            let watched = self.watch_held(&mut pipe);
-            let (exec, values): (redis::Value, Vec<Option<String>>) = if watched.is_empty() {
-                let (exec,): (redis::Value,) = self.query(&pipe).await?;
-                (exec, Vec::new())
-            } else {
-                self.query(&pipe).await?
-            };
+            self.request.clear();
+            let queued = self.transaction(&writes, &renewals);
+            let watched = self.watch_held();
+            let replies = self.call().await?;
+            let outcome = read_transaction(replies, queued, !watched.is_empty())?;
             // The pipeline armed the next WATCH; it guards the next call only if every lease
             // was still ours when it was armed.
-            let moved = self.check_leases(&watched, values);
+            let moved = self.check_leases(&watched, outcome.leases);
             self.watching = moved.is_empty() && !watched.is_empty();
-            match exec {
-                redis::Value::Array(_) => {
-                    // Applied: EXEC ran with every watched lease untouched. A lease that moved
-                    // right after is reported by the next call that needs it.
-                    break;
-                }
-                redis::Value::Nil => {
-                    // Aborted: nothing was written. Retry without the shards that moved.
-                    lost.extend(moved);
-                }
-                other => {
-                    self.after_error(&StoreError::Unavailable(String::new()));
-                    return Err(StoreError::Unavailable(format!(
-                        "unexpected EXEC answer {other:?}"
-                    )));
-                }
+            if outcome.applied {
+                // EXEC ran with every watched lease untouched. A lease that moved right
+                // after is reported by the next call that needs it.
+                break;
             }
+            // Aborted: nothing was written. Retry without the shards that moved.
         }
         // Every shard asked about that is not held now was refused (or lost before the call).
         let mut refused: Vec<u32> = batches
@@ -369,86 +336,179 @@ impl RedisShardWriter {
         Ok(refused)
     }
 
-    /// The pipeline of one transaction (the WATCH + MGET that guard the next one follow).
-    fn transaction(&self, batches: &[&ShardBatch], renew: &[u32]) -> redis::Pipeline {
-        let mut pipe = redis::pipe();
-        pipe.cmd("MULTI").ignore();
-        if !batches.is_empty() {
-            // Sized up front: a group write carries thousands of snapshots, and growing the
-            // command buffer by doubling copied it several times over.
-            let writes = batches.iter().map(|b| b.writes.len()).sum::<usize>();
+    /// Writes `MULTI`, the commands of one transaction and `EXEC` into the request; answers
+    /// how many commands were queued between them. (The WATCH + MGET that guard the next
+    /// transaction follow.)
+    fn transaction(&mut self, batches: &[&ShardBatch], renew: &[u32]) -> usize {
+        let mut queued = 0;
+        let request = &mut self.request;
+        let text = &mut self.text;
+        request.command(1).arg("MULTI");
+        let writes = batches.iter().map(|b| b.writes.len()).sum::<usize>();
+        if writes > 0 {
             let bytes = batches
                 .iter()
                 .flat_map(|b| b.writes.iter())
-                .map(|w| w.bytes.len() + self.prefix.len() + 56)
+                .map(|w| w.bytes.len() + self.prefix.len() + 80)
                 .sum::<usize>();
-            let mut mset = redis::Cmd::with_capacity(1 + 2 * writes, 4 + bytes);
-            mset.arg("MSET");
-            let mut key = String::with_capacity(self.prefix.len() + 60);
+            request.reserve(bytes);
+            request.command(1 + 2 * writes).arg("MSET");
             for batch in batches {
                 for write in &batch.writes {
-                    key.clear();
-                    push_order_key(&mut key, &self.prefix, batch.shard, write.order_id);
-                    mset.arg(key.as_str()).arg(&write.bytes[..]);
+                    text.clear();
+                    push_order_key(text, &self.prefix, batch.shard, write.order_id);
+                    request.arg(text.as_bytes()).arg(&write.bytes);
                 }
             }
-            pipe.add_command(mset).ignore();
+            queued += 1;
         }
-        let mut field = String::with_capacity(48);
         for batch in batches {
             let payments = RedisStore::payments_key(&self.prefix, batch.shard);
             for (change, command) in [(IndexChange::Add, "SADD"), (IndexChange::Remove, "SREM")] {
-                let mut members = batch
+                let members = batch
                     .writes
                     .iter()
                     .filter(|w| w.payments_index == change)
-                    .peekable();
-                if members.peek().is_some() {
-                    let cmd = pipe.cmd(command).arg(&payments);
-                    for write in members {
-                        field.clear();
-                        push_uuid(&mut field, write.order_id);
-                        cmd.arg(field.as_str());
-                    }
-                    cmd.ignore();
+                    .count();
+                if members == 0 {
+                    continue;
                 }
+                request.command(2 + members).arg(command).arg(&payments);
+                for write in batch.writes.iter().filter(|w| w.payments_index == change) {
+                    text.clear();
+                    push_uuid(text, write.order_id);
+                    request.arg(text.as_bytes());
+                }
+                queued += 1;
             }
             if self.outbox_maxlen > 0 && batch.writes.iter().any(|w| !w.events.is_empty()) {
                 // One stream entry per shard per batch, with one field `events` whose value
                 // has a line `<order-id>:<version>:<event>` per event, in commit order. Redis
                 // pays per field of an entry: one field per event cost more than the
                 // snapshots' MSET per key.
-                let mut lines = String::with_capacity(batch.writes.len() * 64);
+                text.clear();
                 for write in &batch.writes {
                     for event in &write.events {
-                        push_uuid(&mut lines, write.order_id);
-                        lines.push(':');
-                        lines.push_str(itoa::Buffer::new().format(write.version));
-                        lines.push(':');
-                        lines.push_str(event);
-                        lines.push('\n');
+                        push_uuid(text, write.order_id);
+                        text.push(':');
+                        text.push_str(itoa::Buffer::new().format(write.version));
+                        text.push(':');
+                        text.push_str(event);
+                        text.push('\n');
                     }
                 }
-                pipe.cmd("XADD")
+                request
+                    .command(8)
+                    .arg("XADD")
                     .arg(RedisStore::events_key(&self.prefix, batch.shard))
                     .arg("MAXLEN")
                     .arg("~")
-                    .arg(self.outbox_maxlen)
+                    .int(self.outbox_maxlen)
                     .arg("*")
                     .arg(OUTBOX_FIELD)
-                    .arg(lines.as_str())
-                    .ignore();
+                    .arg(text.as_bytes());
+                queued += 1;
             }
         }
         for &shard in renew {
-            pipe.cmd("PEXPIRE")
+            request
+                .command(3)
+                .arg("PEXPIRE")
                 .arg(RedisStore::lease_key(&self.prefix, shard))
-                .arg(self.owner.ttl_ms)
-                .ignore();
+                .int(self.owner.ttl_ms);
+            queued += 1;
         }
-        pipe.cmd("EXEC");
-        pipe
+        request.command(1).arg("EXEC");
+        queued
     }
+
+    /// Runs a script (`EVAL`: lease acquisition and release are rare).
+    async fn eval(
+        &mut self,
+        script: &str,
+        keys: &[&str],
+        args: &[&str],
+    ) -> Result<Reply, StoreError> {
+        self.request.clear();
+        self.request
+            .command(3 + keys.len() + args.len())
+            .arg("EVAL")
+            .arg(script)
+            .arg(itoa::Buffer::new().format(keys.len()));
+        for key in keys {
+            self.request.arg(key);
+        }
+        for arg in args {
+            self.request.arg(arg);
+        }
+        // The script may touch a lease this connection watches: re-arm before the next
+        // transaction.
+        self.watching = false;
+        let reply = self.call().await?.pop().unwrap_or(Reply::Array(None));
+        match reply.first_error() {
+            Some(error) => Err(StoreError::Unavailable(error.to_string())),
+            None => Ok(reply),
+        }
+    }
+}
+
+/// The values of an `MGET` reply.
+fn lease_values(reply: Option<Reply>) -> Result<Vec<Option<String>>, StoreError> {
+    match reply {
+        Some(Reply::Array(Some(items))) => Ok(items.into_iter().map(Reply::into_string).collect()),
+        Some(Reply::Error(error)) => Err(StoreError::Unavailable(error)),
+        other => Err(StoreError::Unavailable(format!(
+            "unexpected MGET answer {other:?}"
+        ))),
+    }
+}
+
+/// Reads the replies of `MULTI`, `queued` commands, `EXEC` and, if `watched`, `WATCH` + `MGET`.
+fn read_transaction(
+    replies: Vec<Reply>,
+    queued: usize,
+    watched: bool,
+) -> Result<Transaction, StoreError> {
+    let expected = 2 + queued + if watched { 2 } else { 0 };
+    if replies.len() != expected {
+        return Err(StoreError::Unavailable(format!(
+            "a transaction answered {} replies, not {expected}",
+            replies.len()
+        )));
+    }
+    let mut replies = replies.into_iter();
+    // MULTI and the queued commands: a command refused while queueing (out of memory, say)
+    // makes EXEC abort the whole transaction with EXECABORT, reported below.
+    let queue_error = replies
+        .by_ref()
+        .take(1 + queued)
+        .find_map(|r| r.first_error().map(str::to_string));
+    let exec = replies.next().unwrap_or(Reply::Array(None));
+    let applied = match &exec {
+        Reply::Array(Some(_)) => match exec.first_error() {
+            Some(error) => return Err(StoreError::Unavailable(error.to_string())),
+            None => true,
+        },
+        Reply::Array(None) => false,
+        Reply::Error(error) => {
+            return Err(StoreError::Unavailable(match queue_error {
+                Some(cause) => format!("{error} ({cause})"),
+                None => error.clone(),
+            }))
+        }
+        other => {
+            return Err(StoreError::Unavailable(format!(
+                "unexpected EXEC answer {other:?}"
+            )))
+        }
+    };
+    let leases = if watched {
+        let _watch = replies.next();
+        lease_values(replies.next())?
+    } else {
+        Vec::new()
+    };
+    Ok(Transaction { applied, leases })
 }
 
 /// Appends `<prefix>:{<shard>}:order:<uuid>` without intermediate `String`s.
@@ -460,6 +520,14 @@ fn push_order_key(out: &mut String, prefix: &str, shard: u32, order_id: OrderId)
     push_uuid(out, order_id);
 }
 
+/// Appends `<prefix>:{<shard>}:lease`.
+fn push_lease_key(out: &mut String, prefix: &str, shard: u32) {
+    out.push_str(prefix);
+    out.push_str(":{");
+    out.push_str(itoa::Buffer::new().format(shard));
+    out.push_str("}:lease");
+}
+
 /// Appends an order id in its hyphenated form without an intermediate `String`.
 fn push_uuid(out: &mut String, order_id: OrderId) {
     let mut buffer = uuid::Uuid::encode_buffer();
@@ -469,34 +537,30 @@ fn push_uuid(out: &mut String, order_id: OrderId) {
 impl ShardWriter for RedisShardWriter {
     fn acquire(&mut self, shard: u32) -> BoxFuture<'_, Result<Option<Lease>, StoreError>> {
         async move {
-            let mut connection = self.connection().await?;
             let lease_key = RedisStore::lease_key(&self.prefix, shard);
             let epoch_key = RedisStore::epoch_key(&self.prefix, shard);
-            let mut invocation = self.acquire.key(&lease_key);
-            invocation
-                .key(&epoch_key)
-                .arg(&*self.owner.node_id)
-                .arg(self.owner.ttl_ms);
-            let result: Result<(u64, String), StoreError> = with_timeout(self.timeout_ms, async {
-                invocation
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(unavailable)
-            })
-            .await;
-            // The script may have touched a lease this connection watches: re-arm before the
-            // next transaction.
-            self.watching = false;
-            match result {
-                Ok((0, _)) => Ok(None),
-                Ok((token, value)) => {
+            let node_id = Arc::clone(&self.owner.node_id);
+            let ttl = self.owner.ttl_ms.to_string();
+            let reply = self
+                .eval(ACQUIRE_LUA, &[&lease_key, &epoch_key], &[&node_id, &ttl])
+                .await?;
+            let Reply::Array(Some(items)) = reply else {
+                return Err(StoreError::Unavailable(format!(
+                    "unexpected lease answer {reply:?}"
+                )));
+            };
+            let mut items = items.into_iter();
+            match (items.next(), items.next().and_then(Reply::into_string)) {
+                (Some(Reply::Int(0)), _) => Ok(None),
+                (Some(Reply::Int(token)), Some(value)) if token > 0 => {
                     self.held.insert(shard, value);
-                    Ok(Some(Lease { token }))
+                    Ok(Some(Lease {
+                        token: token as u64,
+                    }))
                 }
-                Err(error) => {
-                    self.after_error(&error);
-                    Err(error)
-                }
+                other => Err(StoreError::Unavailable(format!(
+                    "unexpected lease answer {other:?}"
+                ))),
             }
         }
         .boxed()
@@ -522,19 +586,9 @@ impl ShardWriter for RedisShardWriter {
             let Some(value) = self.held.remove(&shard) else {
                 return Ok(());
             };
-            self.watching = false;
-            let mut connection = self.connection().await?;
             let lease_key = RedisStore::lease_key(&self.prefix, shard);
-            let mut invocation = self.release.key(&lease_key);
-            invocation.arg(&value);
-            with_timeout(self.timeout_ms, async {
-                let _: i64 = invocation
-                    .invoke_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                Ok(())
-            })
-            .await
+            self.eval(RELEASE_LUA, &[&lease_key], &[&value]).await?;
+            Ok(())
         }
         .boxed()
     }
@@ -579,18 +633,17 @@ impl SnapshotStore for RedisStore {
 
     fn shard_writer(&self, owner: &LeaseOwner) -> Box<dyn ShardWriter> {
         Box::new(RedisShardWriter {
-            client: self.client.clone(),
+            info: self.client.get_connection_info().clone(),
             connection: None,
-            connect_timeout_ms: self.connect_timeout_ms,
-            timeout_ms: self.command_timeout_ms,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            timeout: Duration::from_millis(self.command_timeout_ms),
             outbox_maxlen: self.outbox_maxlen,
             owner: owner.clone(),
-            acquire: Arc::clone(&self.acquire),
-            release: Arc::clone(&self.release),
             prefix: Arc::clone(&self.prefix),
             held: BTreeMap::new(),
             watching: false,
-            timeouts: 0,
+            request: Request::default(),
+            text: String::with_capacity(4096),
         })
     }
 
