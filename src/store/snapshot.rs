@@ -15,8 +15,30 @@ use crate::domain::{
     PaymentMethod, Quantity, Refund, RefundStatus, Timestamp,
 };
 
-/// The schema version this release writes.
-pub const SCHEMA_VERSION: u8 = 1;
+/// The schema version this release writes. Schema 2 is schema 1 with every timestamp but
+/// `created_at` written relative to `created_at` (see [`relative`]): 1–5 bytes instead of 9,
+/// about 25 bytes less per snapshot, which Redis parses, stores and appends to its AOF on every
+/// write. Schema 1 snapshots still load.
+pub const SCHEMA_VERSION: u8 = 2;
+
+/// Timestamp `t` relative to `base` for schema 2: 0 stays 0 (no such time), a time at or after
+/// `base` is `t - base + 1`, an earlier one (clock skew) `t - base`.
+fn relative(t: i64, base: i64) -> i64 {
+    match t {
+        0 => 0,
+        t if t >= base => t.saturating_sub(base).saturating_add(1),
+        t => t.saturating_sub(base),
+    }
+}
+
+/// The inverse of [`relative`].
+fn absolute(v: i64, base: i64) -> i64 {
+    match v {
+        0 => 0,
+        v if v > 0 => base.saturating_add(v - 1),
+        v => base.saturating_add(v),
+    }
+}
 
 /// Why a snapshot could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -57,8 +79,7 @@ struct RefundWire {
 
 #[derive(Deserialize)]
 struct SnapshotV1<'a> {
-    /// Checked before decoding (see `decode`); kept so the layout stays self-describing.
-    #[allow(dead_code)]
+    /// 1: absolute timestamps; 2: relative to `created_at` (see `relative`).
     schema: u8,
     id: (u64, u64),
     version: u64,
@@ -97,11 +118,15 @@ fn price_minor(price: Decimal, currency: Currency) -> i64 {
 /// Number of fields of `SnapshotV1`.
 const V1_FIELDS: u32 = 24;
 
-/// Writes the `SnapshotV1` layout with `rmp` directly: encoding runs once per command, and the
+/// Writes the `SnapshotV1` field layout (timestamps per `schema`) with `rmp` directly: encoding runs once per command, and the
 /// generic serde path cost about three times as much as these few integer and string writes.
 /// The bytes are exactly what rmp-serde's compact form produces, so `decode` reads them with
 /// the derived `SnapshotV1`.
-fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWriteError> {
+fn write_snapshot(
+    out: &mut Vec<u8>,
+    order: &Order,
+    schema: u8,
+) -> Result<(), rmp::encode::ValueWriteError> {
     use rmp::encode::{write_array_len, write_nil, write_sint, write_str, write_uint};
     fn opt_str(out: &mut Vec<u8>, text: Option<&str>) -> Result<(), rmp::encode::ValueWriteError> {
         match text {
@@ -112,7 +137,7 @@ fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWr
     let header = &order.header;
     let notes = order.notes();
     write_array_len(out, V1_FIELDS)?;
-    write_uint(out, u64::from(SCHEMA_VERSION))?;
+    write_uint(out, u64::from(schema))?;
     let (hi, lo) = header.id.as_uuid().as_u64_pair();
     write_array_len(out, 2)?;
     write_uint(out, hi)?;
@@ -137,8 +162,10 @@ fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWr
     }
     write_uint(out, header.item_count)?;
     write_sint(out, header.total_minor)?;
-    write_sint(out, header.created_at.0)?;
-    write_sint(out, order.updated_at.0)?;
+    let base = header.created_at.0;
+    let relative = |t: i64| if schema >= 2 { relative(t, base) } else { t };
+    write_sint(out, base)?;
+    write_sint(out, relative(order.updated_at.0))?;
     write_sint(out, order.paid_minor)?;
     write_sint(out, order.refunded_minor)?;
     write_array_len(out, order.payments.len() as u32)?;
@@ -148,8 +175,8 @@ fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWr
         write_uint(out, u64::from(a.method.code()))?;
         write_uint(out, u64::from(a.status.code()))?;
         write_sint(out, a.amount_minor)?;
-        write_sint(out, a.created_at.0)?;
-        write_sint(out, a.updated_at.0)?;
+        write_sint(out, relative(a.created_at.0))?;
+        write_sint(out, relative(a.updated_at.0))?;
     }
     write_array_len(out, order.refunds.len() as u32)?;
     for r in &order.refunds {
@@ -158,13 +185,13 @@ fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWr
         write_sint(out, r.amount_minor)?;
         write_uint(out, u64::from(r.status.code()))?;
         write_uint(out, u64::from(r.resume_status.code()))?;
-        write_sint(out, r.created_at.0)?;
+        write_sint(out, relative(r.created_at.0))?;
     }
     opt_str(out, notes.tracking_number.as_deref())?;
     opt_str(out, notes.last_payment_error.as_deref())?;
     opt_str(out, notes.reason.as_deref())?;
-    write_sint(out, order.reminder_at.0)?;
-    write_sint(out, order.expires_at.0)?;
+    write_sint(out, relative(order.reminder_at.0))?;
+    write_sint(out, relative(order.expires_at.0))?;
     write_array_len(out, RECENT_COMMANDS as u32)?;
     for slot in order.recent.slots {
         write_uint(out, slot)?;
@@ -177,7 +204,7 @@ fn write_v1(out: &mut Vec<u8>, order: &Order) -> Result<(), rmp::encode::ValueWr
 pub fn encode(order: &Order) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(192);
     // Writing into a Vec cannot fail.
-    let _ = write_v1(&mut bytes, order);
+    let _ = write_snapshot(&mut bytes, order, SCHEMA_VERSION);
     bytes
 }
 
@@ -195,6 +222,14 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
     }
     let wire: SnapshotV1<'_> =
         rmp_serde::from_slice(bytes).map_err(|e| CodecError::Corrupt(e.to_string()))?;
+    let base = wire.created_at;
+    let time = |t: i64| {
+        Timestamp(if wire.schema >= 2 {
+            absolute(t, base)
+        } else {
+            t
+        })
+    };
     let currency = Currency::from_index(wire.currency).ok_or_else(|| corrupt("currency"))?;
     let mut items = Vec::with_capacity(wire.items.len());
     for item in wire.items {
@@ -229,8 +264,8 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
             method: PaymentMethod::from_code(a.method).ok_or_else(|| corrupt("attempt method"))?,
             status: AttemptStatus::from_code(a.status).ok_or_else(|| corrupt("attempt status"))?,
             amount_minor: a.amount_minor,
-            created_at: Timestamp(a.created_at),
-            updated_at: Timestamp(a.updated_at),
+            created_at: time(a.created_at),
+            updated_at: time(a.updated_at),
         });
     }
     let mut refunds = Vec::with_capacity(wire.refunds.len());
@@ -241,7 +276,7 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
             status: RefundStatus::from_code(r.status).ok_or_else(|| corrupt("refund status"))?,
             resume_status: OrderStatus::from_code(r.resume_status)
                 .ok_or_else(|| corrupt("refund resume status"))?,
-            created_at: Timestamp(r.created_at),
+            created_at: time(r.created_at),
         });
     }
     let notes = OrderNotes {
@@ -254,14 +289,14 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
         header: Arc::new(header),
         status: OrderStatus::from_code(wire.status).ok_or_else(|| corrupt("status"))?,
         version: wire.version,
-        updated_at: Timestamp(wire.updated_at),
+        updated_at: time(wire.updated_at),
         paid_minor: wire.paid_minor,
         refunded_minor: wire.refunded_minor,
         payments,
         refunds,
         notes: has_notes.then(|| Box::new(notes)),
-        reminder_at: Timestamp(wire.reminder_at),
-        expires_at: Timestamp(wire.expires_at),
+        reminder_at: time(wire.reminder_at),
+        expires_at: time(wire.expires_at),
         recent: RecentCommands { slots: wire.recent },
     })
 }
@@ -333,6 +368,37 @@ mod tests {
         let bytes = encode(&order);
         assert_eq!(decode(&bytes).unwrap(), order);
         assert!(bytes.len() < 300, "snapshot is {} bytes", bytes.len());
+    }
+
+    #[test]
+    fn schema_1_snapshots_still_load() {
+        let mut order = shipped_order();
+        order.reminder_at = Timestamp(0);
+        order.expires_at = Timestamp(500);
+        let mut v1 = Vec::new();
+        write_snapshot(&mut v1, &order, 1).unwrap();
+        assert_eq!(v1[3], 1, "a schema-1 snapshot");
+        assert_eq!(decode(&v1).unwrap(), order);
+        let v2 = encode(&order);
+        assert_eq!(decode(&v2).unwrap(), order);
+        assert!(v2.len() < v1.len(), "relative timestamps are shorter");
+    }
+
+    #[test]
+    fn relative_timestamps_round_trip() {
+        for base in [0_i64, 1, 1_733_000_000_000] {
+            for t in [
+                0_i64,
+                1,
+                base,
+                base + 1,
+                base - 1,
+                base + 1_800_000,
+                i64::MAX / 2,
+            ] {
+                assert_eq!(absolute(relative(t, base), base), t, "t {t} base {base}");
+            }
+        }
     }
 
     #[test]
