@@ -9,34 +9,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderly::config::Settings;
-use orderly::domain::{
-    Command, CommandEnvelope, LineItemRequest, NewOrder, NewOrderRequest, OrderId, OrderStatus,
-};
+use orderly::domain::{Command, CommandEnvelope, OrderId, OrderStatus};
 use orderly::engine::{
     Admission, BatchItem, CommandOutcome, CommandResult, Engine, EngineError, Request,
 };
 use orderly::store::redis::RedisStore;
 use orderly::store::SnapshotStore;
+use support::orders::new_order;
 use support::redis_server::RedisServer;
 
 /// Longest wait for any single engine call or store call in these tests.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A valid order; `n` varies the customer, SKU and quantity.
-fn new_order(n: u64) -> NewOrder {
-    NewOrder::parse(&NewOrderRequest {
-        customer_id: format!("customer-{n}"),
-        currency: "USD".into(),
-        payment_method: "card".into(),
-        items: vec![LineItemRequest {
-            sku: format!("sku-{}", n % 7),
-            quantity: (n % 3 + 1) as i64,
-            unit_price: "19.99".into(),
-        }],
-        metadata: Default::default(),
-    })
-    .expect("test order is valid")
-}
 
 /// Embedded defaults pointed at `url`, sized for a 2-core machine.
 fn settings_for(url: &str) -> Settings {

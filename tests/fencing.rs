@@ -13,34 +13,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderly::config::Settings;
-use orderly::domain::{
-    Command, CommandEnvelope, LineItemRequest, NewOrder, NewOrderRequest, OrderId, OrderStatus,
-};
+use orderly::domain::{Command, CommandEnvelope, OrderId, OrderStatus};
 use orderly::engine::{Admission, CommandResult, Engine, EngineError, Request};
 use orderly::store::memory::MemoryStore;
 use orderly::store::redis::RedisStore;
 use orderly::store::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite};
+use support::orders::new_order;
 use support::redis_server::RedisServer;
 use support::stored::{stored_order, stored_version};
 
 /// Longest wait for any single engine or store call in these tests.
 const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const SHARDS: u32 = 8;
-
-fn new_order(n: u64) -> NewOrder {
-    NewOrder::parse(&NewOrderRequest {
-        customer_id: format!("customer-{n}"),
-        currency: "USD".into(),
-        payment_method: "card".into(),
-        items: vec![LineItemRequest {
-            sku: format!("sku-{}", n % 7),
-            quantity: (n % 3 + 1) as i64,
-            unit_price: "19.99".into(),
-        }],
-        metadata: Default::default(),
-    })
-    .expect("test order is valid")
-}
 
 fn settings_for(url: &str, node_id: &str, lease_ttl_ms: u64) -> Settings {
     let mut settings = Settings::embedded_default().expect("embedded settings load");

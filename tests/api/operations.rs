@@ -39,6 +39,9 @@ async fn metrics_count_requests_by_route_and_status() {
         r#"orderly_bulk_lines_total{status="rejected"}"#,
         "orderly_http_request_duration_seconds_bucket",
         "orderly_commands_total",
+        // The app's engine acquired its shard leases at start.
+        "orderly_shards_owned",
+        "orderly_shard_lease_events_total{event=\"acquired\"}",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
@@ -80,5 +83,10 @@ async fn the_dashboard_is_html() {
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/html")));
-    assert!(page.text().await.expect("text").contains("/metrics"));
+    let html = page.text().await.expect("text");
+    assert!(html.contains("/metrics"));
+    assert!(
+        html.contains("orderly_shards_owned"),
+        "the dashboard shows shard ownership"
+    );
 }

@@ -4,5 +4,6 @@
 // Each test binary compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
+pub mod orders;
 pub mod redis_server;
 pub mod stored;
