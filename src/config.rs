@@ -323,6 +323,9 @@ pub struct CommitSettings {
     /// How long a non-full batch may wait for more snapshots (0: flush as soon as the shard's
     /// ready work has run; batches then form while the previous write is in flight).
     pub flush_interval_us: u64,
+    /// Commit groups per arbiter thread: each writes the batches of its shards together, one
+    /// write in flight, on a connection of its own. More groups overlap more writes.
+    pub groups_per_thread: u32,
 }
 
 /// Shard ownership. Each logical shard has one owner at a time, holding a lease with a TTL and
@@ -515,6 +518,9 @@ impl Settings {
         }
         if self.commit.batch_size_max == 0 || self.commit.batch_size_max > 10_000 {
             return invalid("commit.batch_size_max", "must be 1..=10000");
+        }
+        if self.commit.groups_per_thread == 0 || self.commit.groups_per_thread > 64 {
+            return invalid("commit.groups_per_thread", "must be 1..=64");
         }
         if self.store.url != "memory" && !self.store.url.starts_with("redis://") {
             return invalid("store.url", "must be `memory` or a redis:// URL");

@@ -185,10 +185,11 @@ impl Engine {
         rx.await.map_err(|_| EngineError::Stopped)?
     }
 
-    /// Applies many requests, one message per shard, and returns their results in input
+    /// Applies many requests, one message per arbiter thread, and returns their results in input
     /// order. `fresh` marks ids just minted by the caller with [`OrderId::new`] for placement,
-    /// which skips the snapshot lookup (safe even if wrong: the store's version check refuses
-    /// to overwrite an existing order).
+    /// which skips the snapshot lookup. The store checks the shard's fencing token, not each
+    /// order's version, so a placement marked fresh under an id that exists would replace that
+    /// order: only ids minted by [`OrderId::new`] (random UUIDv7) may be marked fresh.
     pub async fn execute_batch(
         &self,
         items: Vec<BatchItem>,
@@ -357,7 +358,8 @@ impl BatchItem {
         }
     }
 
-    /// A placement under a freshly minted id.
+    /// A placement under an id just minted with [`OrderId::new`] (never an id that may exist,
+    /// such as one derived from an idempotency key: see [`Engine::execute_batch`]).
     pub fn place(order_id: OrderId, new_order: NewOrder) -> BatchItem {
         BatchItem {
             order_id,

@@ -27,8 +27,21 @@ use crate::telemetry::{self, CommandTally, LeaseEvent};
 const ACQUIRE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 
 thread_local! {
-    /// The commit group of each engine on this arbiter thread, by engine instance.
-    static GROUPS: RefCell<HashMap<u64, Weak<CommitGroup>>> = RefCell::new(HashMap::new());
+    /// The commit groups of each engine on this arbiter thread, by engine instance and group.
+    static GROUPS: RefCell<HashMap<(u64, u32), Weak<CommitGroup>>> = RefCell::new(HashMap::new());
+    /// Every shard of each engine on this thread, whatever its group: a dispatch for this
+    /// thread reaches its shards through it.
+    static SHARDS: RefCell<HashMap<(u64, u32), Weak<ShardCore>>> = RefCell::new(HashMap::new());
+}
+
+/// The shard `shard` of engine `engine_id`, if it lives on this thread.
+pub(super) fn shard_on_this_thread(engine_id: u64, shard: u32) -> Option<Rc<ShardCore>> {
+    SHARDS.with(|shards| {
+        shards
+            .borrow()
+            .get(&(engine_id, shard))
+            .and_then(Weak::upgrade)
+    })
 }
 
 /// The shards of one engine on one arbiter thread, committed together by one loop.
@@ -45,15 +58,17 @@ pub(crate) struct CommitGroup {
 }
 
 impl CommitGroup {
-    /// The group of engine `engine_id` on this thread, created (with `writer`) on first use.
+    /// Group `index` of engine `engine_id` on this thread, created (with `writer`) on first
+    /// use.
     pub(super) fn on_this_thread(
         engine_id: u64,
+        index: u32,
         limits: ShardLimits,
         writer: impl FnOnce() -> Box<dyn ShardWriter>,
     ) -> Rc<CommitGroup> {
         GROUPS.with(|groups| {
             let mut groups = groups.borrow_mut();
-            if let Some(group) = groups.get(&engine_id).and_then(Weak::upgrade) {
+            if let Some(group) = groups.get(&(engine_id, index)).and_then(Weak::upgrade) {
                 return group;
             }
             let group = Rc::new(CommitGroup {
@@ -64,14 +79,19 @@ impl CommitGroup {
                 writer: RefCell::new(Some(writer())),
             });
             groups.retain(|_, g| g.strong_count() > 0);
-            groups.insert(engine_id, Rc::downgrade(&group));
+            groups.insert((engine_id, index), Rc::downgrade(&group));
             group
         })
     }
 
-    /// Adds a shard to the group.
-    pub(super) fn register(&self, core: &Rc<ShardCore>) {
+    /// Adds a shard of engine `engine_id` to the group (and to this thread's shards).
+    pub(super) fn register(&self, engine_id: u64, core: &Rc<ShardCore>) {
         self.shards.borrow_mut().push(Rc::downgrade(core));
+        SHARDS.with(|shards| {
+            let mut shards = shards.borrow_mut();
+            shards.retain(|_, s| s.strong_count() > 0);
+            shards.insert((engine_id, core.shard), Rc::downgrade(core));
+        });
         self.wakeup.notify_one();
     }
 
@@ -95,15 +115,6 @@ impl CommitGroup {
     /// Starts a new round: the next `now` reads the clock again.
     pub(super) fn tick(&self) {
         self.clock.set(None);
-    }
-
-    /// The shard `shard` of this group, if it is here.
-    pub(super) fn core(&self, shard: u32) -> Option<Rc<ShardCore>> {
-        self.shards
-            .borrow()
-            .iter()
-            .filter_map(Weak::upgrade)
-            .find(|c| c.shard == shard)
     }
 
     fn cores(&self) -> Vec<Rc<ShardCore>> {

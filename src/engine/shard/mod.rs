@@ -55,6 +55,10 @@ pub(crate) struct ShardLimits {
     pub(crate) recovery_batch_size: usize,
     /// How often the lease is renewed (and, while another node holds it, asked for again).
     pub(crate) lease_renew_interval: Duration,
+    /// Arbiter threads the shards are spread over.
+    pub(crate) arbiters: u32,
+    /// Commit groups (each one write in flight, on its own connection) per arbiter thread.
+    pub(crate) commit_groups_per_thread: u32,
 }
 
 impl ShardLimits {
@@ -71,6 +75,8 @@ impl ShardLimits {
             lease_renew_interval: Duration::from_millis(
                 settings.cluster.effective_renew_interval_ms(),
             ),
+            arbiters: settings.arbiter_count() as u32,
+            commit_groups_per_thread: settings.commit.groups_per_thread,
         }
     }
 }
@@ -134,6 +140,8 @@ pub(crate) struct ShardCore {
     /// The commit group of this shard's thread: it writes this shard's batches together with
     /// its neighbours', under each shard's own lease.
     group: Rc<CommitGroup>,
+    /// The engine instance this shard belongs to.
+    engine_id: u64,
     /// Where gateways send their verdicts on this shard's orders.
     gateway_replies: ReplySender,
     /// Verdicts whose write failed, delivered again after a pause.
@@ -285,7 +293,12 @@ impl ShardActor {
     ) -> ShardActor {
         let (gateway_replies, gateway_rx) = unbounded_channel();
         let (redeliveries, redelivery_rx) = unbounded_channel();
-        let group = CommitGroup::on_this_thread(engine_id, limits, || store.shard_writer(owner));
+        // Shard s lives on arbiter s % arbiters; the shards of one thread are spread over its
+        // commit groups in turn.
+        let group_index = (shard / limits.arbiters.max(1)) % limits.commit_groups_per_thread.max(1);
+        let group = CommitGroup::on_this_thread(engine_id, group_index, limits, || {
+            store.shard_writer(owner)
+        });
         let core = Rc::new(ShardCore {
             shard,
             store,
@@ -297,6 +310,7 @@ impl ShardActor {
             queue: RefCell::new(VecDeque::new()),
             waiting: RefCell::new(VecDeque::new()),
             group,
+            engine_id,
             gateway_replies,
             redeliveries,
             origin: Instant::now(),
@@ -306,7 +320,7 @@ impl ShardActor {
             release_request: RefCell::new(None),
             acquire_error: RefCell::new(None),
         });
-        core.group.register(&core);
+        core.group.register(engine_id, &core);
         ShardActor {
             core,
             gateway_rx: Some(gateway_rx),

@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use actix::Actor;
 use std::rc::Rc;
 
-use super::{Ownership, Parked, ShardCore};
+use super::{commit_loop, Ownership, Parked, ShardCore};
 use crate::domain::{Command, CommandEnvelope, OrderId};
 use crate::engine::commit::{BatchCollector, PendingReply};
 use crate::engine::messages::{
@@ -64,7 +64,7 @@ impl ShardCore {
                         target = if shard == self.shard {
                             Some(Rc::clone(self))
                         } else {
-                            self.group.core(shard)
+                            commit_loop::shard_on_this_thread(self.engine_id, shard)
                         };
                     }
                     let Some(core) = &target else {
