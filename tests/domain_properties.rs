@@ -486,8 +486,14 @@ fn drive(
 
         match apply(Some(&order), order_id, &envelope, now, policy) {
             Ok(outcome) if outcome.duplicate => {
-                // (e) a duplicate is recognised only within the window, changes nothing.
-                prop_assert!(in_window, "duplicate outside the window: {:?}", envelope);
+                // (e) a duplicate is recognised only within the window, or it is the placement
+                // again (the same request is a replay however old), and changes nothing.
+                let placement_again = matches!(envelope.command, Command::PlaceOrder(_));
+                prop_assert!(
+                    in_window || placement_again,
+                    "duplicate outside the window: {:?}",
+                    envelope
+                );
                 prop_assert_eq!(&outcome.order, &order);
                 prop_assert!(outcome.effects.is_empty());
                 duplicates += 1;
@@ -896,4 +902,48 @@ fn generators_reach_every_status() {
     assert!(settled > CASES as usize / 10);
     assert!(refunded_some > CASES as usize / 50);
     assert!(duplicates > CASES as usize / 4);
+}
+
+/// A placement of an order that exists is a replay when it carries the same request, even under
+/// a new command id and once the order is settled, and a refusal (`OrderAlreadyExists`) when it
+/// carries another.
+#[test]
+fn a_placement_again_is_a_replay_only_with_the_same_request() {
+    let request = |sku: &str| NewOrderRequest {
+        customer_id: "c-1".into(),
+        currency: "USD".into(),
+        payment_method: "card".into(),
+        items: vec![LineItemRequest {
+            sku: sku.into(),
+            quantity: 1,
+            unit_price: "10.00".into(),
+        }],
+        metadata: Default::default(),
+    };
+    let place = |sku: &str| {
+        CommandEnvelope::new(Command::PlaceOrder(Box::new(
+            NewOrder::parse(&request(sku)).unwrap(),
+        )))
+    };
+    let policy = OrderPolicy::default();
+    let id = OrderId::from_u128(7);
+    let now = Timestamp(EPOCH_MS);
+    let order = apply(None, id, &place("sku-1"), now, &policy)
+        .unwrap()
+        .order;
+    let cancel = CommandEnvelope::new(Command::CancelOrder { reason: None });
+    let order = apply(Some(&order), id, &cancel, now, &policy)
+        .unwrap()
+        .order;
+    assert!(order.is_settled());
+
+    let again = apply(Some(&order), id, &place("sku-1"), now, &policy).unwrap();
+    assert!(again.duplicate, "the same request is a replay");
+    assert_eq!(again.order, order);
+    assert!(again.effects.is_empty());
+    assert_eq!(
+        apply(Some(&order), id, &place("sku-2"), now, &policy).err(),
+        Some(Rejection::OrderAlreadyExists(id)),
+        "another request under the same id is refused"
+    );
 }

@@ -5,8 +5,8 @@
 //!
 //! Idempotency: with an `Idempotency-Key`, a placement goes to the order id derived from
 //! (tenant, key) under a command id derived from the key, so a replay reaches the same order
-//! and is recognized by it (`duplicate`), or, once the command id has left the order's ring
-//! of recent ids, by `OrderAlreadyExists` plus the stored request fingerprint. A lifecycle
+//! and is recognized by it: the same request is a replay (`duplicate`), a different one is
+//! refused as `OrderAlreadyExists` (422 `idempotency_key_reused`). A lifecycle
 //! command's key derives its command id from the order, the verb and the key, so a retried
 //! `pay` is a no-op and a key reused for a different verb is not mistaken for a replay.
 
@@ -72,12 +72,8 @@ fn parse_order_id(text: &str) -> Result<OrderId, ApiError> {
         .ok_or_else(|| ApiError::OrderNotFound(text.chars().take(MAX_ECHOED_ID_CHARS).collect()))
 }
 
-/// Answers a placement replay: the same request again (200, replayed) or a different one under
-/// the same key (422).
-fn replay(order: &Order, fingerprint: u64) -> Result<HttpResponse, ApiError> {
-    if order.header.request_fingerprint != fingerprint {
-        return Err(ApiError::IdempotencyKeyReused);
-    }
+/// Answers a placement replay: the same request again (200, replayed).
+fn replay(order: &Order) -> Result<HttpResponse, ApiError> {
     let mut response = order_response(StatusCode::OK, order, true);
     if let Ok(location) = header::HeaderValue::from_str(&order_location(order)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -124,7 +120,6 @@ pub(crate) async fn place_order(
     let order_id = OrderId::from_idempotency_key(&state.settings.tenant, &key);
     let command_id = CommandId::from_key(order_id, &key);
     let _in_flight = state.begin(command_id)?;
-    let fingerprint = new_order.fingerprint();
     let envelope = CommandEnvelope {
         id: command_id,
         command: Command::PlaceOrder(Box::new(new_order)),
@@ -137,7 +132,7 @@ pub(crate) async fn place_order(
         )
         .await;
     match placed {
-        Ok(outcome) if outcome.duplicate => replay(&outcome.order, fingerprint),
+        Ok(outcome) if outcome.duplicate => replay(&outcome.order),
         Ok(outcome) => {
             let mut response = order_response(StatusCode::CREATED, &outcome.order, false);
             if let Ok(location) = header::HeaderValue::from_str(&order_location(&outcome.order)) {
@@ -145,23 +140,9 @@ pub(crate) async fn place_order(
             }
             Ok(response)
         }
-        // The placement's command id has left the order's ring of recent ids, so the order
-        // refuses a second placement (a settled order refuses it as an illegal transition):
-        // compare the stored fingerprint to tell a replay from a reuse of the key.
-        Err(ApiError::Engine(EngineError::Rejected(
-            Rejection::OrderAlreadyExists(_)
-            | Rejection::IllegalTransition {
-                command: "place", ..
-            },
-        ))) => {
-            let stored = state
-                .answer(
-                    state
-                        .engine
-                        .execute(order_id, Request::Read, Admission::FailFast),
-                )
-                .await?;
-            replay(&stored.order, fingerprint)
+        // The order exists with other content: the key was reused for a different request.
+        Err(ApiError::Engine(EngineError::Rejected(Rejection::OrderAlreadyExists(_)))) => {
+            Err(ApiError::IdempotencyKeyReused)
         }
         Err(error) => Err(error),
     }

@@ -45,6 +45,12 @@ pub struct Applied {
 /// Invariants kept (and property-tested): the version grows by exactly one per applied
 /// command; a settled terminal order never changes; refunds never exceed what was paid; totals
 /// always equal the line items; a repeated command id changes nothing.
+///
+/// A placement of an order that exists is a replay when it carries the same request (same
+/// fingerprint): it changes nothing and answers the current state, however long ago the order
+/// was placed (its command id may have left the ring of recent ids). With another request it
+/// is refused as [`Rejection::OrderAlreadyExists`]: an id derived from an idempotency key was
+/// reused for different content.
 pub fn apply(
     order: Option<&Order>,
     order_id: OrderId,
@@ -58,6 +64,16 @@ pub fn apply(
             _ => Err(not_found(order_id)),
         };
     };
+    if let Command::PlaceOrder(new_order) = &envelope.command {
+        if new_order.fingerprint() != current.header.request_fingerprint {
+            return Err(Rejection::OrderAlreadyExists(current.id()));
+        }
+        return Ok(Applied {
+            order: current.clone(),
+            effects: Effects::new(),
+            duplicate: true,
+        });
+    }
     if current.recent.contains(envelope.id) {
         return Ok(Applied {
             order: current.clone(),

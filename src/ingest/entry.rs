@@ -77,9 +77,6 @@ pub(crate) struct Placement {
     pub(crate) order_id: OrderId,
     /// Derived deterministically too, so a re-delivery is recognised as the same command.
     pub(crate) command_id: CommandId,
-    /// Content fingerprint: a re-delivery that finds an existing order checks it was placed
-    /// from the same content.
-    pub(crate) fingerprint: u64,
     /// The validated order.
     pub(crate) new_order: NewOrder,
 }
@@ -165,7 +162,6 @@ pub(crate) fn decode(stream: &str, entry: &StreamEntry) -> Decoded {
         // The entry id (or the key) names the command: a second delivery of this entry carries
         // the same command id, which the order answers as a duplicate.
         command_id: CommandId::from_key(order_id, key.unwrap_or(&entry.id)),
-        fingerprint: new_order.fingerprint(),
         new_order,
     })
 }
@@ -336,7 +332,10 @@ mod tests {
         };
         assert_eq!(again.order_id, placement.order_id);
         assert_eq!(again.command_id, placement.command_id);
-        assert_eq!(again.fingerprint, placement.fingerprint);
+        assert_eq!(
+            again.new_order.fingerprint(),
+            placement.new_order.fingerprint()
+        );
     }
 
     #[test]

@@ -114,8 +114,6 @@ enum Verdict {
     DeadLetter(DeadLetter),
     /// Deleted from the stream while pending: acknowledge only.
     Gone,
-    /// The order exists (placement refused): read it and compare content.
-    CheckExisting,
     /// An internal engine error: retried a bounded number of times.
     Internal(String),
     Retry,
@@ -447,11 +445,10 @@ impl StreamConsumer {
             .collect();
         // On timeout every placement keeps its `Retry` verdict.
         if let Some(results) = self.execute(items).await {
-            for ((i, placement), result) in placements.iter().zip(results) {
-                verdicts[*i] = classify_placement(&result, placement.fingerprint);
+            for ((i, _), result) in placements.iter().zip(results) {
+                verdicts[*i] = classify_placement(&result);
             }
         }
-        self.check_existing(&decoded, &mut verdicts).await;
         self.limit_internal_retries(&entries, &mut verdicts);
 
         let mut batch = IngestStats {
@@ -476,10 +473,7 @@ impl StreamConsumer {
                 Verdict::Duplicate => batch.duplicate += 1,
                 Verdict::DeadLetter(_) if dead_stored => batch.dead_lettered += 1,
                 Verdict::Gone => {}
-                Verdict::DeadLetter(_)
-                | Verdict::CheckExisting
-                | Verdict::Internal(_)
-                | Verdict::Retry => {
+                Verdict::DeadLetter(_) | Verdict::Internal(_) | Verdict::Retry => {
                     batch.retry += 1;
                     continue;
                 }
@@ -526,42 +520,6 @@ impl StreamConsumer {
         }
     }
 
-    /// A placement refused because the order exists is a re-delivery when the stored order was
-    /// placed from the same content; read those orders and decide.
-    async fn check_existing(&self, decoded: &[Decoded], verdicts: &mut [Verdict]) {
-        let checks: Vec<(usize, &Placement)> = verdicts
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| matches!(v, Verdict::CheckExisting))
-            .filter_map(|(i, _)| match &decoded[i] {
-                Decoded::Place(p) => Some((i, p)),
-                _ => None,
-            })
-            .collect();
-        if checks.is_empty() {
-            return;
-        }
-        let items = checks
-            .iter()
-            .map(|(_, p)| BatchItem::existing(p.order_id, Request::Read))
-            .collect();
-        let Some(results) = self.execute(items).await else {
-            return;
-        };
-        for ((i, placement), result) in checks.iter().zip(results) {
-            verdicts[*i] = match result {
-                Ok(outcome)
-                    if outcome.order.header.request_fingerprint == placement.fingerprint =>
-                {
-                    Verdict::Duplicate
-                }
-                Ok(_) => reused_key(),
-                // The order vanished between the two calls, or the read failed: try again.
-                Err(_) => Verdict::Retry,
-            };
-        }
-    }
-
     /// Turns the internal errors of entries that already failed that way too often into dead
     /// letters, and the others into plain retries.
     fn limit_internal_retries(&mut self, entries: &[StreamEntry], verdicts: &mut [Verdict]) {
@@ -583,7 +541,7 @@ impl StreamConsumer {
                         *verdict = Verdict::Retry;
                     }
                 }
-                Verdict::Retry | Verdict::CheckExisting => {}
+                Verdict::Retry => {}
                 _ => {
                     if !self.internal_attempts.is_empty() {
                         self.internal_attempts.remove(&entry.id);
@@ -644,19 +602,14 @@ fn reused_key() -> Verdict {
     ))
 }
 
-/// Decides what the engine's answer to a placement means for the entry.
-fn classify_placement(result: &CommandResult, fingerprint: u64) -> Verdict {
+/// Decides what the engine's answer to a placement means for the entry. The order recognises a
+/// re-delivery itself: the same content is a duplicate (however long ago it was placed), other
+/// content under the same derived id is refused as `OrderAlreadyExists`.
+fn classify_placement(result: &CommandResult) -> Verdict {
     match result {
-        Ok(outcome) if outcome.order.header.request_fingerprint != fingerprint => reused_key(),
         Ok(outcome) if outcome.duplicate => Verdict::Duplicate,
         Ok(_) => Verdict::Accepted,
-        // The order exists: placed by an earlier delivery of this entry (whose command id has
-        // since left the order's short memory of recent commands), or, for a settled order,
-        // refused as an illegal transition before the placement is even looked at.
-        Err(EngineError::Rejected(Rejection::OrderAlreadyExists(_)))
-        | Err(EngineError::Rejected(Rejection::IllegalTransition {
-            command: "place", ..
-        })) => Verdict::CheckExisting,
+        Err(EngineError::Rejected(Rejection::OrderAlreadyExists(_))) => reused_key(),
         Err(EngineError::Rejected(rejection)) => {
             Verdict::DeadLetter(DeadLetter::new(rejection.code(), rejection.to_string()))
         }
@@ -715,28 +668,20 @@ mod tests {
             EngineError::Conflict(crate::domain::OrderId::new()),
             EngineError::Store(crate::store::StoreError::Timeout(5)),
         ] {
-            assert!(matches!(classify_placement(&Err(error), 0), Verdict::Retry));
+            assert!(matches!(classify_placement(&Err(error)), Verdict::Retry));
         }
     }
 
     #[test]
-    fn existing_orders_are_checked_and_other_rejections_dead_lettered() {
+    fn reused_ids_and_other_rejections_are_dead_lettered() {
         let id = crate::domain::OrderId::new();
         let exists = Err(EngineError::Rejected(Rejection::OrderAlreadyExists(id)));
-        assert!(matches!(
-            classify_placement(&exists, 0),
-            Verdict::CheckExisting
-        ));
-        let settled = Err(EngineError::Rejected(Rejection::IllegalTransition {
-            status: crate::domain::OrderStatus::Completed,
-            command: "place",
-        }));
-        assert!(matches!(
-            classify_placement(&settled, 0),
-            Verdict::CheckExisting
-        ));
+        match classify_placement(&exists) {
+            Verdict::DeadLetter(dead) => assert_eq!(dead.reason, "idempotency_key_reused"),
+            other => panic!("expected a dead letter, got {other:?}"),
+        }
         let out_of_range = Err(EngineError::Rejected(Rejection::AmountOutOfRange));
-        match classify_placement(&out_of_range, 0) {
+        match classify_placement(&out_of_range) {
             Verdict::DeadLetter(dead) => assert_eq!(dead.reason, "amount_out_of_range"),
             other => panic!("expected a dead letter, got {other:?}"),
         }
