@@ -25,10 +25,11 @@ pub const COMMIT_BATCH_SIZE: &str = "orderly_commit_batch_size";
 pub const COMMIT_BATCH_SECONDS: &str = "orderly_commit_batch_duration_seconds";
 /// Order actors activated (created or loaded).
 pub const ACTIVATIONS_TOTAL: &str = "orderly_order_activations_total";
-/// Order actors passivated, by `reason` (`capacity`, `idle`, `unknown_order`).
+/// Order actors passivated, by `reason` (`capacity`, `idle`, `unknown_order`, `settled`,
+/// `lease_lost`).
 pub const PASSIVATIONS_TOTAL: &str = "orderly_order_passivations_total";
-/// Order actors reloaded from their last snapshot, by `reason` (`store_error`, `conflict`,
-/// `panic`).
+/// Order actors reloaded from their last snapshot, by `reason` (`store_error`,
+/// `panic_or_load_error`).
 pub const RESTARTS_TOTAL: &str = "orderly_order_restarts_total";
 /// Live order actors, per shard summed by the scrape.
 pub const LIVE_ORDERS: &str = "orderly_live_orders";
