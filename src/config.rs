@@ -53,6 +53,8 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     /// Order timing rules.
     pub orders: OrderSettings,
+    /// Durable timer firing.
+    pub timers: TimerSettings,
     /// HTTP edge.
     pub api: ApiSettings,
     /// Redis Stream ingestion.
@@ -392,23 +394,117 @@ pub struct RedisSettings {
     pub outbox_maxlen: u64,
 }
 
-/// Order timing rules.
+/// Order timing rules (durable timers). 0 or `[]` turns a rule off.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OrderSettings {
-    /// Remind an unpaid customer after this long (0: never).
-    pub payment_reminder_after_ms: i64,
-    /// Expire an unpaid order after this long (0: never).
+    /// Remind an unpaid customer at these offsets from placement, ascending.
+    pub payment_reminders_after_ms: Vec<i64>,
+    /// Expire an unpaid order this long after placement.
     pub unpaid_expiry_after_ms: i64,
+    /// Complete a shipped order no one confirmed delivered this long after shipping.
+    pub auto_complete_after_ms: i64,
+    /// Emit `ship_sla_breached` for an order paid and not shipped within this long.
+    pub ship_sla_ms: i64,
+    /// The scalar key of earlier releases, refused at start with a message naming its
+    /// replacement.
+    #[serde(default)]
+    pub payment_reminder_after_ms: Option<toml::Value>,
 }
 
 impl OrderSettings {
     /// The domain policy these settings describe.
     pub fn policy(&self) -> crate::domain::OrderPolicy {
         crate::domain::OrderPolicy {
-            payment_reminder_after_ms: self.payment_reminder_after_ms,
+            payment_reminders_after_ms: self.payment_reminders_after_ms.clone().into(),
             unpaid_expiry_after_ms: self.unpaid_expiry_after_ms,
+            auto_complete_after_ms: self.auto_complete_after_ms,
+            ship_sla_ms: self.ship_sla_ms,
         }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: String| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message,
+            })
+        };
+        if self.payment_reminder_after_ms.is_some() {
+            return invalid(
+                "orders.payment_reminder_after_ms",
+                "was replaced by `orders.payment_reminders_after_ms`, a list of offsets from \
+                 placement (e.g. [900000])"
+                    .into(),
+            );
+        }
+        const MAX_MS: i64 = 10 * 365 * 24 * 3_600_000;
+        let mut previous = 0;
+        for (i, &offset) in self.payment_reminders_after_ms.iter().enumerate() {
+            if offset <= 0 || offset > MAX_MS {
+                return invalid(
+                    "orders.payment_reminders_after_ms",
+                    format!("entry {i} is {offset}: each offset must be 1..={MAX_MS} ms"),
+                );
+            }
+            if offset <= previous {
+                return invalid(
+                    "orders.payment_reminders_after_ms",
+                    "offsets must be strictly ascending".into(),
+                );
+            }
+            previous = offset;
+        }
+        if self.payment_reminders_after_ms.len() > 32 {
+            return invalid(
+                "orders.payment_reminders_after_ms",
+                "at most 32 reminders".into(),
+            );
+        }
+        for (key, value) in [
+            ("orders.unpaid_expiry_after_ms", self.unpaid_expiry_after_ms),
+            ("orders.auto_complete_after_ms", self.auto_complete_after_ms),
+            ("orders.ship_sla_ms", self.ship_sla_ms),
+        ] {
+            if !(0..=MAX_MS).contains(&value) {
+                return invalid(key, format!("must be 0 (off) ..={MAX_MS} ms, got {value}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How shards fire their durable timers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSettings {
+    /// How often each shard reads its due timers.
+    pub poll_interval_ms: u64,
+    /// Most due timers one shard reads and fires per poll.
+    pub fire_batch_max: usize,
+    /// Most timers this node fires per second, across its shards: what came due while the
+    /// engine was down fires at this rate after a start, never as a flood.
+    pub catch_up_per_s_max: u32,
+}
+
+impl TimerSettings {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |path: &str, message: &str| {
+            Err(ConfigError::Invalid {
+                path: path.into(),
+                message: message.into(),
+            })
+        };
+        if self.poll_interval_ms == 0 || self.poll_interval_ms > 60_000 {
+            return invalid("timers.poll_interval_ms", "must be 1..=60000");
+        }
+        if self.fire_batch_max == 0 || self.fire_batch_max > 10_000 {
+            return invalid("timers.fire_batch_max", "must be 1..=10000");
+        }
+        if self.catch_up_per_s_max == 0 || self.catch_up_per_s_max > 1_000_000 {
+            return invalid("timers.catch_up_per_s_max", "must be 1..=1000000");
+        }
+        Ok(())
     }
 }
 
@@ -549,6 +645,8 @@ impl Settings {
                 "must be at most 128 characters without spaces or control characters",
             );
         }
+        self.orders.validate()?;
+        self.timers.validate()?;
         self.validate_payments()
     }
 

@@ -107,16 +107,26 @@ fn new_order_request() -> impl Strategy<Value = NewOrderRequest> {
     })
 }
 
-/// Timer policies: the default one, and variants with one or both timers disabled.
+/// Timer policies: the default one, and variants with timers disabled or several reminders.
 fn policy() -> impl Strategy<Value = OrderPolicy> {
     (
-        prop_oneof![3 => Just(15 * 60_000_i64), 1 => Just(0_i64)],
+        prop_oneof![
+            3 => Just(vec![15 * 60_000_i64]),
+            1 => Just(vec![]),
+            1 => Just(vec![60_000_i64, 10 * 60_000, 20 * 60_000]),
+        ],
         prop_oneof![3 => Just(30 * 60_000_i64), 1 => Just(0_i64)],
+        prop_oneof![3 => Just(14 * 86_400_000_i64), 1 => Just(0_i64)],
+        prop_oneof![3 => Just(2 * 86_400_000_i64), 1 => Just(0_i64)],
     )
         .prop_map(
-            |(payment_reminder_after_ms, unpaid_expiry_after_ms)| OrderPolicy {
-                payment_reminder_after_ms,
-                unpaid_expiry_after_ms,
+            |(reminders, unpaid_expiry_after_ms, auto_complete_after_ms, ship_sla_ms)| {
+                OrderPolicy {
+                    payment_reminders_after_ms: reminders.into(),
+                    unpaid_expiry_after_ms,
+                    auto_complete_after_ms,
+                    ship_sla_ms,
+                }
             },
         )
 }

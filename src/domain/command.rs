@@ -1,6 +1,6 @@
 //! Commands the order accepts, and the effects and events applying them produces.
 
-use super::ids::{CommandId, OrderId, Timestamp};
+use super::ids::{CommandId, OrderId};
 use super::order::NewOrder;
 use super::payment::{PaymentMethod, PaymentResult, RefundResult};
 
@@ -70,6 +70,10 @@ pub enum Command {
     SendPaymentReminder,
     /// Timer: expire an unpaid order.
     ExpireOrder,
+    /// Timer: complete a shipped order that no one confirmed delivered.
+    AutoCompleteOrder,
+    /// Timer: flag a paid order not shipped within the ship SLA (the state is left alone).
+    CheckShipSla,
 }
 
 impl Command {
@@ -87,17 +91,53 @@ impl Command {
             Command::ReleaseHold => "release_hold",
             Command::SendPaymentReminder => "remind",
             Command::ExpireOrder => "expire",
+            Command::AutoCompleteOrder => "auto_complete",
+            Command::CheckShipSla => "ship_sla",
         }
     }
 }
 
-/// Which durable timer an effect arms.
+/// The durable timers an order can have armed (see [`super::machine::armed_timers`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TimerKind {
     /// Remind the customer to pay.
     PaymentReminder,
     /// Expire the order if still unpaid.
     UnpaidExpiry,
+    /// Complete a shipped order no one confirmed delivered.
+    AutoComplete,
+    /// Alert on a paid order not shipped in time.
+    ShipSla,
+}
+
+impl TimerKind {
+    /// Every kind, for metric labels that start at zero.
+    pub const ALL: [TimerKind; 4] = [
+        TimerKind::PaymentReminder,
+        TimerKind::UnpaidExpiry,
+        TimerKind::AutoComplete,
+        TimerKind::ShipSla,
+    ];
+
+    /// Stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimerKind::PaymentReminder => "payment_reminder",
+            TimerKind::UnpaidExpiry => "unpaid_expiry",
+            TimerKind::AutoComplete => "auto_complete",
+            TimerKind::ShipSla => "ship_sla",
+        }
+    }
+
+    /// The command the timer delivers when it fires.
+    pub fn command(self) -> Command {
+        match self {
+            TimerKind::PaymentReminder => Command::SendPaymentReminder,
+            TimerKind::UnpaidExpiry => Command::ExpireOrder,
+            TimerKind::AutoComplete => Command::AutoCompleteOrder,
+            TimerKind::ShipSla => Command::CheckShipSla,
+        }
+    }
 }
 
 /// Events for the outside world (outbox), named `<Noun><PastVerb>`.
@@ -115,8 +155,11 @@ pub enum OrderEvent {
     OrderHeld,
     /// Handed to the carrier.
     OrderShipped,
-    /// Delivered.
+    /// Delivered (confirmed).
     OrderCompleted,
+    /// Completed by the auto-complete timer (wire type `order_completed`, reason
+    /// `auto_completed`).
+    OrderAutoCompleted,
     /// Cancelled.
     OrderCancelled,
     /// Expired unpaid.
@@ -128,7 +171,11 @@ pub enum OrderEvent {
     /// A refund failed.
     RefundFailed,
     /// The customer should be reminded to pay.
-    PaymentReminderDue,
+    PaymentReminder,
+    /// A payment attempt's outcome needs a human (the order is also held).
+    PaymentNeedsReview,
+    /// A paid order was not shipped within the ship SLA.
+    ShipSlaBreached,
 }
 
 impl OrderEvent {
@@ -141,13 +188,44 @@ impl OrderEvent {
             OrderEvent::PaymentFailed => "payment_failed",
             OrderEvent::OrderHeld => "order_held",
             OrderEvent::OrderShipped => "order_shipped",
-            OrderEvent::OrderCompleted => "order_completed",
+            OrderEvent::OrderCompleted | OrderEvent::OrderAutoCompleted => "order_completed",
             OrderEvent::OrderCancelled => "order_cancelled",
             OrderEvent::OrderExpired => "order_expired",
             OrderEvent::RefundStarted => "refund_started",
             OrderEvent::OrderRefunded => "order_refunded",
             OrderEvent::RefundFailed => "refund_failed",
-            OrderEvent::PaymentReminderDue => "payment_reminder_due",
+            OrderEvent::PaymentReminder => "payment_reminder",
+            OrderEvent::PaymentNeedsReview => "payment_needs_review",
+            OrderEvent::ShipSlaBreached => "ship_sla_breached",
+        }
+    }
+
+    /// Every event, for metric labels that start at zero and for documentation.
+    pub const ALL: [OrderEvent; 16] = [
+        OrderEvent::OrderPlaced,
+        OrderEvent::PaymentStarted,
+        OrderEvent::OrderPaid,
+        OrderEvent::PaymentFailed,
+        OrderEvent::OrderHeld,
+        OrderEvent::OrderShipped,
+        OrderEvent::OrderCompleted,
+        OrderEvent::OrderAutoCompleted,
+        OrderEvent::OrderCancelled,
+        OrderEvent::OrderExpired,
+        OrderEvent::RefundStarted,
+        OrderEvent::OrderRefunded,
+        OrderEvent::RefundFailed,
+        OrderEvent::PaymentReminder,
+        OrderEvent::PaymentNeedsReview,
+        OrderEvent::ShipSlaBreached,
+    ];
+
+    /// Why an order completed (`data.reason` of `order_completed`), if this is that event.
+    pub fn completion_reason(self) -> Option<&'static str> {
+        match self {
+            OrderEvent::OrderCompleted => Some("delivered"),
+            OrderEvent::OrderAutoCompleted => Some("auto_completed"),
+            _ => None,
         }
     }
 }
@@ -185,18 +263,6 @@ pub enum Effect {
         method: PaymentMethod,
         /// Amount, minor units.
         amount_minor: i64,
-    },
-    /// Arm a durable timer.
-    ArmTimer {
-        /// Which timer.
-        kind: TimerKind,
-        /// When it fires.
-        due_at: Timestamp,
-    },
-    /// Disarm a durable timer.
-    DisarmTimer {
-        /// Which timer.
-        kind: TimerKind,
     },
 }
 

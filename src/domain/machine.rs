@@ -10,23 +10,98 @@ use super::payment::{
     AttemptStatus, PaymentAttempt, PaymentResult, Refund, RefundResult, RefundStatus,
 };
 use super::rejection::Rejection;
+use smallvec::SmallVec;
 
-/// Time-based rules of the state machine (from config).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Time-based rules of the state machine (from config `[orders]`). 0 (or an empty list) turns
+/// a rule off.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderPolicy {
-    /// After placement, when to remind an unpaid customer (0 = never).
-    pub payment_reminder_after_ms: i64,
-    /// After placement, when an unpaid order expires (0 = never).
+    /// Offsets from placement at which an unpaid customer is reminded, ascending.
+    pub payment_reminders_after_ms: Arc<[i64]>,
+    /// After placement, when an unpaid order expires.
     pub unpaid_expiry_after_ms: i64,
+    /// After shipping, when an order no one confirmed delivered completes by itself.
+    pub auto_complete_after_ms: i64,
+    /// After payment, when an order not yet shipped breaches the ship SLA (an event only).
+    pub ship_sla_ms: i64,
 }
 
 impl Default for OrderPolicy {
     fn default() -> Self {
         OrderPolicy {
-            payment_reminder_after_ms: 15 * 60_000,
+            payment_reminders_after_ms: Arc::from([15 * 60_000_i64]),
             unpaid_expiry_after_ms: 30 * 60_000,
+            auto_complete_after_ms: 14 * 24 * 3_600_000,
+            ship_sla_ms: 48 * 3_600_000,
         }
     }
+}
+
+impl OrderPolicy {
+    /// Every timer off.
+    pub fn no_timers() -> OrderPolicy {
+        OrderPolicy {
+            payment_reminders_after_ms: Arc::from([]),
+            unpaid_expiry_after_ms: 0,
+            auto_complete_after_ms: 0,
+            ship_sla_ms: 0,
+        }
+    }
+
+    /// The reminder to arm from schedule position `from` on, for an order placed at
+    /// `created_at`: its due time (0: the schedule is over) and position. Every reminder
+    /// already overdue at `now` but the last of them is skipped, so after an outage the
+    /// customer gets one reminder, not a burst.
+    fn next_reminder(&self, created_at: Timestamp, from: u8, now: Timestamp) -> (Timestamp, u8) {
+        let offsets = &self.payment_reminders_after_ms;
+        let mut index = usize::from(from);
+        while index + 1 < offsets.len() && created_at.plus_ms(offsets[index + 1]) <= now {
+            index += 1;
+        }
+        match offsets.get(index) {
+            Some(&offset) if offset > 0 => (created_at.plus_ms(offset), index as u8),
+            _ => (Timestamp(0), index as u8),
+        }
+    }
+}
+
+/// The timers an order has armed now, with their due times. Reminders and unpaid expiry wait
+/// while a payment attempt is live: they are not armed then, and come back (already due,
+/// if their time passed) when the attempt resolves with the order still unpaid.
+pub fn armed_timers(order: &Order) -> SmallVec<[(TimerKind, Timestamp); 2]> {
+    let mut timers = SmallVec::new();
+    let mut arm = |kind, at: Timestamp| {
+        if at.0 != 0 {
+            timers.push((kind, at));
+        }
+    };
+    match order.status {
+        OrderStatus::PendingPayment if order.live_attempt().is_none() => {
+            arm(TimerKind::PaymentReminder, order.reminder_at);
+            arm(TimerKind::UnpaidExpiry, order.expires_at);
+        }
+        OrderStatus::Paid => arm(TimerKind::ShipSla, order.ship_sla_at),
+        OrderStatus::Shipped => arm(TimerKind::AutoComplete, order.complete_at),
+        _ => {}
+    }
+    timers
+}
+
+/// The earliest armed timer's due time (None: nothing armed). The shard's durable timer index
+/// holds, for every order with an armed timer, a time no later than this.
+pub fn next_due(order: &Order) -> Option<Timestamp> {
+    armed_timers(order).iter().map(|(_, at)| *at).min()
+}
+
+/// The commands of the timers due at `now`, earliest first (expiry after a reminder due at
+/// the same time, so the reminder is not lost to the expiry).
+pub fn due_commands(order: &Order, now: Timestamp) -> SmallVec<[Command; 2]> {
+    let mut due: SmallVec<[(TimerKind, Timestamp); 2]> = armed_timers(order)
+        .into_iter()
+        .filter(|(_, at)| *at <= now)
+        .collect();
+    due.sort_by_key(|(kind, at)| (*at, *kind == TimerKind::UnpaidExpiry));
+    due.into_iter().map(|(kind, _)| kind.command()).collect()
 }
 
 /// The outcome of applying one command.
@@ -83,7 +158,7 @@ pub fn apply(
     }
     let mut next = current.clone();
     let mut effects = Effects::new();
-    transition(&mut next, &envelope.command, now, &mut effects)?;
+    transition(&mut next, &envelope.command, now, policy, &mut effects)?;
     next.version = current.version + 1;
     next.updated_at = now;
     next.recent.record(envelope.id, next.version);
@@ -129,21 +204,15 @@ fn place(
         notes: None,
         reminder_at: Timestamp(0),
         expires_at: Timestamp(0),
+        reminder_no: 0,
+        ship_sla_at: Timestamp(0),
+        complete_at: Timestamp(0),
+        timer_indexed_at: Timestamp(0),
         recent: RecentCommands::default(),
     };
-    if policy.payment_reminder_after_ms > 0 {
-        order.reminder_at = now.plus_ms(policy.payment_reminder_after_ms);
-        effects.push(Effect::ArmTimer {
-            kind: TimerKind::PaymentReminder,
-            due_at: order.reminder_at,
-        });
-    }
+    (order.reminder_at, order.reminder_no) = policy.next_reminder(now, 0, now);
     if policy.unpaid_expiry_after_ms > 0 {
         order.expires_at = now.plus_ms(policy.unpaid_expiry_after_ms);
-        effects.push(Effect::ArmTimer {
-            kind: TimerKind::UnpaidExpiry,
-            due_at: order.expires_at,
-        });
     }
     order.recent.record(envelope.id, order.version);
     Ok(Applied {
@@ -160,18 +229,16 @@ fn illegal(order: &Order, command: &Command) -> Rejection {
     }
 }
 
-fn disarm_payment_timers(order: &mut Order, effects: &mut Effects) {
-    if order.reminder_at.0 != 0 {
-        order.reminder_at = Timestamp(0);
-        effects.push(Effect::DisarmTimer {
-            kind: TimerKind::PaymentReminder,
-        });
-    }
-    if order.expires_at.0 != 0 {
-        order.expires_at = Timestamp(0);
-        effects.push(Effect::DisarmTimer {
-            kind: TimerKind::UnpaidExpiry,
-        });
+/// Payment is over (paid, cancelled, expired, held): reminders and unpaid expiry stop.
+fn disarm_payment_timers(order: &mut Order) {
+    order.reminder_at = Timestamp(0);
+    order.expires_at = Timestamp(0);
+}
+
+/// The order is now paid: the ship SLA starts.
+fn arm_ship_sla(order: &mut Order, now: Timestamp, policy: &OrderPolicy) {
+    if policy.ship_sla_ms > 0 && order.ship_sla_at.0 == 0 {
+        order.ship_sla_at = now.plus_ms(policy.ship_sla_ms);
     }
 }
 
@@ -203,6 +270,7 @@ fn transition(
     order: &mut Order,
     command: &Command,
     now: Timestamp,
+    policy: &OrderPolicy,
     effects: &mut Effects,
 ) -> Result<(), Rejection> {
     // A settled terminal order accepts nothing; a terminal order with a live attempt still
@@ -238,13 +306,17 @@ fn transition(
             });
         }
         Command::RecordPaymentResult { attempt_no, result } => {
-            record_payment(order, *attempt_no, result, now, effects)?;
+            record_payment(order, *attempt_no, result, now, policy, effects)?;
         }
         Command::ShipOrder { tracking_number } => {
             if order.status != OrderStatus::Paid {
                 return Err(illegal(order, command));
             }
             order.status = OrderStatus::Shipped;
+            order.ship_sla_at = Timestamp(0);
+            if policy.auto_complete_after_ms > 0 {
+                order.complete_at = now.plus_ms(policy.auto_complete_after_ms);
+            }
             if let Some(tracking) = tracking_number {
                 order.notes_mut().tracking_number = Some(tracking.clone());
             }
@@ -255,7 +327,30 @@ fn transition(
                 return Err(illegal(order, command));
             }
             order.status = OrderStatus::Completed;
+            order.complete_at = Timestamp(0);
             effects.push(Effect::Emit(OrderEvent::OrderCompleted));
+        }
+        Command::AutoCompleteOrder => {
+            if order.status != OrderStatus::Shipped || order.complete_at.0 == 0 {
+                return Err(illegal(order, command));
+            }
+            if now < order.complete_at {
+                return Err(Rejection::TimerNotDue);
+            }
+            order.status = OrderStatus::Completed;
+            order.complete_at = Timestamp(0);
+            effects.push(Effect::Emit(OrderEvent::OrderAutoCompleted));
+        }
+        Command::CheckShipSla => {
+            if order.status != OrderStatus::Paid || order.ship_sla_at.0 == 0 {
+                return Err(illegal(order, command));
+            }
+            if now < order.ship_sla_at {
+                return Err(Rejection::TimerNotDue);
+            }
+            // Alert once; the state is left alone.
+            order.ship_sla_at = Timestamp(0);
+            effects.push(Effect::Emit(OrderEvent::ShipSlaBreached));
         }
         Command::CancelOrder { reason } => match order.status {
             OrderStatus::PendingPayment | OrderStatus::PaymentProcessing => {
@@ -265,7 +360,7 @@ fn transition(
                 if let Some(reason) = reason {
                     order.notes_mut().reason = Some(reason.clone());
                 }
-                disarm_payment_timers(order, effects);
+                disarm_payment_timers(order);
                 effects.push(Effect::Emit(OrderEvent::OrderCancelled));
             }
             OrderStatus::Paid | OrderStatus::OnHold => {
@@ -343,17 +438,25 @@ fn transition(
                 return Err(illegal(order, command));
             }
             order.status = OrderStatus::Paid;
+            arm_ship_sla(order, now, policy);
             effects.push(Effect::Emit(OrderEvent::OrderPaid));
         }
         Command::SendPaymentReminder => {
-            if order.status != OrderStatus::PendingPayment || order.reminder_at.0 == 0 {
+            if order.status != OrderStatus::PendingPayment
+                || order.reminder_at.0 == 0
+                || order.live_attempt().is_some()
+            {
                 return Err(illegal(order, command));
             }
             if now < order.reminder_at {
                 return Err(Rejection::TimerNotDue);
             }
-            order.reminder_at = Timestamp(0);
-            effects.push(Effect::Emit(OrderEvent::PaymentReminderDue));
+            (order.reminder_at, order.reminder_no) = policy.next_reminder(
+                order.header.created_at,
+                order.reminder_no.saturating_add(1),
+                now,
+            );
+            effects.push(Effect::Emit(OrderEvent::PaymentReminder));
         }
         Command::ExpireOrder => {
             // Unpaid expiry never fires while a payment attempt is live.
@@ -367,7 +470,7 @@ fn transition(
                 return Err(Rejection::TimerNotDue);
             }
             order.status = OrderStatus::Expired;
-            disarm_payment_timers(order, effects);
+            disarm_payment_timers(order);
             effects.push(Effect::Emit(OrderEvent::OrderExpired));
         }
     }
@@ -379,6 +482,7 @@ fn record_payment(
     attempt_no: u16,
     result: &PaymentResult,
     now: Timestamp,
+    policy: &OrderPolicy,
     effects: &mut Effects,
 ) -> Result<(), Rejection> {
     let index = order
@@ -403,7 +507,7 @@ fn record_payment(
                 // look. It is not counted as paid, so it can never be refunded automatically.
                 order.status = OrderStatus::OnHold;
                 order.notes_mut().reason = Some("gateway amount or currency mismatch".into());
-                disarm_payment_timers(order, effects);
+                disarm_payment_timers(order);
                 effects.push(Effect::Emit(OrderEvent::OrderHeld));
                 return Ok(());
             }
@@ -411,13 +515,14 @@ fn record_payment(
             if processing {
                 let event = if amount == order.header.total_minor {
                     order.status = OrderStatus::Paid;
+                    arm_ship_sla(order, now, policy);
                     OrderEvent::OrderPaid
                 } else {
                     order.status = OrderStatus::OnHold;
                     order.notes_mut().reason = Some("gateway amount mismatch".into());
                     OrderEvent::OrderHeld
                 };
-                disarm_payment_timers(order, effects);
+                disarm_payment_timers(order);
                 effects.push(Effect::Emit(event));
             } else {
                 // A late success on a cancelled (or otherwise moved-on) order: give it back.
@@ -466,6 +571,8 @@ fn record_payment(
             order.notes_mut().reason = Some(reason.as_str().into());
             // Money may have moved, even on a cancelled order: never settle silently.
             order.status = OrderStatus::OnHold;
+            disarm_payment_timers(order);
+            effects.push(Effect::Emit(OrderEvent::PaymentNeedsReview));
             effects.push(Effect::Emit(OrderEvent::OrderHeld));
         }
     }

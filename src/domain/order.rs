@@ -456,6 +456,16 @@ pub struct Order {
     pub reminder_at: Timestamp,
     /// When an unpaid order expires (0 = no expiry armed).
     pub expires_at: Timestamp,
+    /// Position in the reminder schedule of the armed reminder (`reminder_at`).
+    pub reminder_no: u8,
+    /// When a paid, unshipped order breaches the ship SLA (0 = not armed).
+    pub ship_sla_at: Timestamp,
+    /// When a shipped order completes by itself (0 = not armed).
+    pub complete_at: Timestamp,
+    /// Engine bookkeeping, not domain state: the due time the shard's durable timer index
+    /// holds for this order (0 = no entry). The index may hold an earlier time than the
+    /// order's next timer (it is corrected when it fires), never a later one.
+    pub timer_indexed_at: Timestamp,
     /// Recently applied command ids.
     pub recent: RecentCommands,
 }

@@ -78,6 +78,7 @@ impl Engine {
                 let store = Arc::clone(&store);
                 let gateways = gateways.clone();
                 let owner = owner.clone();
+                let policy = policy.clone();
                 ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(mailbox);
                     ShardActor::new(engine_id, shard, store, gateways, policy, limits, &owner)

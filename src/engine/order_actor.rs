@@ -173,13 +173,13 @@ impl OrderActor {
             Request::Command(envelope) => envelope,
         };
         let now = self.core.now();
-        let policy = self.core.policy;
+        let policy = &self.core.policy;
         let current = current_order.as_deref();
         let id = self.id;
         // A panic inside the pure domain or the codec is a bug; catch it here so it costs one
         // answer and a reload, never the arbiter thread and its other orders.
         let applied = catch_unwind(AssertUnwindSafe(|| {
-            apply(current, id, &envelope, now, &policy).map(|applied| {
+            apply(current, id, &envelope, now, policy).map(|applied| {
                 let bytes = (!applied.duplicate).then(|| snapshot::encode(&applied.order));
                 (applied, bytes)
             })
@@ -271,9 +271,6 @@ impl OrderActor {
                             *method,
                             *amount_minor,
                         )),
-                        // Durable timers are not carried out by this release; their due times
-                        // are already durable in the snapshot.
-                        Effect::ArmTimer { .. } | Effect::DisarmTimer { .. } => {}
                     }
                 }
                 entry.exists = true;

@@ -18,8 +18,10 @@ use crate::domain::{
 /// The schema version this release writes. Schema 2 is schema 1 with every timestamp but
 /// `created_at` written relative to `created_at` (see [`relative`]): 1–5 bytes instead of 9,
 /// about 25 bytes less per snapshot, which Redis parses, stores and appends to its AOF on every
-/// write. Schema 1 snapshots still load.
-pub const SCHEMA_VERSION: u8 = 2;
+/// write. Schema 3 appends the durable timers (reminder position, ship SLA, auto-complete) and
+/// the due time the shard's timer index holds. Schema 1 and 2 snapshots still load (their
+/// trailing timer fields read as unset).
+pub const SCHEMA_VERSION: u8 = 3;
 
 /// Timestamp `t` relative to `base` for schema 2: 0 stays 0 (no such time), a time at or after
 /// `base` is `t - base + 1`, an earlier one (clock skew) `t - base`.
@@ -104,6 +106,14 @@ struct SnapshotV1<'a> {
     expires_at: i64,
     recent: [u64; RECENT_COMMANDS],
     request_fingerprint: u64,
+    #[serde(default)]
+    reminder_no: u8,
+    #[serde(default)]
+    ship_sla_at: i64,
+    #[serde(default)]
+    complete_at: i64,
+    #[serde(default)]
+    timer_indexed_at: i64,
 }
 
 fn price_minor(price: Decimal, currency: Currency) -> i64 {
@@ -115,8 +125,10 @@ fn price_minor(price: Decimal, currency: Currency) -> i64 {
         .saturating_mul(10_i64.pow(shift))
 }
 
-/// Number of fields of `SnapshotV1`.
+/// Number of fields of `SnapshotV1` in schemas 1 and 2.
 const V1_FIELDS: u32 = 24;
+/// Number of fields in schema 3 (the timer fields appended).
+const V3_FIELDS: u32 = 28;
 
 /// Writes the `SnapshotV1` field layout (timestamps per `schema`) with `rmp` directly: encoding runs once per command, and the
 /// generic serde path cost about three times as much as these few integer and string writes.
@@ -136,7 +148,7 @@ fn write_snapshot(
     }
     let header = &order.header;
     let notes = order.notes();
-    write_array_len(out, V1_FIELDS)?;
+    write_array_len(out, if schema >= 3 { V3_FIELDS } else { V1_FIELDS })?;
     write_uint(out, u64::from(schema))?;
     let (hi, lo) = header.id.as_uuid().as_u64_pair();
     write_array_len(out, 2)?;
@@ -197,6 +209,12 @@ fn write_snapshot(
         write_uint(out, slot)?;
     }
     write_uint(out, header.request_fingerprint)?;
+    if schema >= 3 {
+        write_uint(out, u64::from(order.reminder_no))?;
+        write_sint(out, relative(order.ship_sla_at.0))?;
+        write_sint(out, relative(order.complete_at.0))?;
+        write_sint(out, relative(order.timer_indexed_at.0))?;
+    }
     Ok(())
 }
 
@@ -297,6 +315,10 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
         notes: has_notes.then(|| Box::new(notes)),
         reminder_at: time(wire.reminder_at),
         expires_at: time(wire.expires_at),
+        reminder_no: wire.reminder_no,
+        ship_sla_at: time(wire.ship_sla_at),
+        complete_at: time(wire.complete_at),
+        timer_indexed_at: time(wire.timer_indexed_at),
         recent: RecentCommands { slots: wire.recent },
     })
 }
@@ -375,6 +397,10 @@ mod tests {
         let mut order = shipped_order();
         order.reminder_at = Timestamp(0);
         order.expires_at = Timestamp(500);
+        // Schema 1 and 2 have no timer fields beyond these two.
+        order.ship_sla_at = Timestamp(0);
+        order.complete_at = Timestamp(0);
+        order.timer_indexed_at = Timestamp(0);
         let mut v1 = Vec::new();
         write_snapshot(&mut v1, &order, 1).unwrap();
         assert_eq!(v1[3], 1, "a schema-1 snapshot");
@@ -404,7 +430,7 @@ mod tests {
     #[test]
     fn newer_schema_is_refused_with_a_clear_error() {
         let mut bytes = encode(&shipped_order());
-        // 23 fields: array16 header (0xdc, two length bytes), then the schema.
+        // 28 fields: array16 header (0xdc, two length bytes), then the schema.
         assert_eq!(bytes[0], 0xdc);
         bytes[3] = SCHEMA_VERSION + 1;
         assert!(matches!(decode(&bytes), Err(CodecError::UnknownSchema(_))));
