@@ -412,7 +412,12 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 order_id: *order_id,
                 version,
                 bytes: bytes.clone(),
-                events: vec!["order_shipped"],
+                events: orderly::store::outbox::OutboxEvents::from_lines(
+                    format!(
+                        "{{\"event_id\":\"{order_id}:{version}:0\",\"type\":\"order_shipped\",\"order_id\":\"{order_id}\",\"order_version\":{version},\"occurred_at\":\"2026-01-01T00:00:00.000Z\",\"data\":{{\"customer_id\":\"c-1\",\"status\":\"shipped\",\"amount\":\"39.98\",\"currency\":\"USD\",\"metadata\":{{}}}}}}\n"
+                    )
+                    .as_bytes(),
+                ),
                 payments_index: Default::default(),
             })
             .collect::<Vec<_>>()

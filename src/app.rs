@@ -6,9 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::{Application, StartError};
+use crate::clock::SystemClock;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::store::{SnapshotStore, StoreError};
+use crate::webhooks::OutboxTasks;
 
 /// How long a start waits for the engine to hold its shard leases before serving anyway
 /// (requests then wait for, or are refused by, the shards still acquiring).
@@ -22,14 +24,33 @@ pub struct Orderly {
     pub store: Arc<dyn SnapshotStore>,
     /// The engine handle.
     pub engine: Engine,
+    /// The outbox trimmer and webhook delivery tasks (Redis store with the outbox on).
+    pub outbox: Option<OutboxTasks>,
 }
 
 impl Orderly {
     /// Opens the store named by the settings and starts the engine on it (inside an actix
-    /// `System`), waiting a bounded time for its shard leases.
+    /// `System`), waiting a bounded time for its shard leases; on Redis with the outbox on,
+    /// also the outbox trimmer and a webhook delivery task per configured receiver.
     pub async fn start(settings: Settings) -> Result<Orderly, StoreError> {
         let store = crate::store::open(&settings).await?;
-        Ok(Orderly::start_on(settings, store).await)
+        let mut orderly = Orderly::start_on(settings, store).await;
+        match crate::webhooks::start(&orderly.settings, SystemClock::shared()).await {
+            Ok(tasks) => orderly.outbox = tasks,
+            Err(error) => {
+                orderly.engine.stop();
+                return Err(error);
+            }
+        }
+        Ok(orderly)
+    }
+
+    /// Stops the outbox tasks, then the engine (releasing its shard leases).
+    pub async fn shutdown(self) {
+        if let Some(tasks) = self.outbox {
+            tasks.stop().await;
+        }
+        self.engine.shutdown().await;
     }
 
     /// Starts the engine on an already opened store (tests share one store between engines).
@@ -44,6 +65,7 @@ impl Orderly {
             settings,
             store,
             engine,
+            outbox: None,
         }
     }
 

@@ -59,6 +59,10 @@ pub struct Settings {
     pub api: ApiSettings,
     /// Redis Stream ingestion.
     pub ingest: IngestSettings,
+    /// The outbox of business events (Redis store).
+    pub outbox: OutboxSettings,
+    /// Webhook delivery of outbox events.
+    pub webhooks: WebhookSettings,
     /// Payment processing: routing, retries, unknown-outcome sync, circuit breaking.
     pub payments: PaymentSettings,
     /// The configured payment gateways by name (`card`, `alipay`, `wechat`, `http`, ...).
@@ -390,8 +394,79 @@ pub struct RedisSettings {
     pub command_timeout_ms: u64,
     /// Key prefix (`<prefix>:{<shard>}:order:<uuid>`).
     pub key_prefix: String,
-    /// Approximate cap of each shard's outbox stream (0: no outbox events).
-    pub outbox_maxlen: u64,
+    /// The key of earlier releases, refused at start with a message naming its replacement.
+    #[serde(default)]
+    pub outbox_maxlen: Option<toml::Value>,
+}
+
+/// The outbox: each shard's business events in a Redis stream, appended in the same atomic
+/// write as the state change, trimmed only once every consumer group acknowledged them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboxSettings {
+    /// Whether events are appended at all (required while webhooks are configured).
+    pub enabled: bool,
+    /// Hard cap of stream entries per shard (an entry holds the events of one shard's
+    /// batch): past it, events go to the shard's overflow stream instead, and are counted.
+    pub max_entries_per_shard: u64,
+    /// How often the trimmer removes what every consumer group acknowledged (0: never).
+    pub trim_interval_ms: u64,
+}
+
+/// Webhook delivery: one consumer group per receiver on every shard's outbox stream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Longest wait for one delivery (connect, send, answer).
+    pub timeout_ms: u64,
+    /// Most tries of one event, the first included.
+    pub attempts_max: u32,
+    /// No retry starts after this long since the first try; then the event is dead-lettered.
+    pub retry_elapsed_max_ms: u64,
+    /// Ceiling of the first retry delay (full jitter: uniform in `[0, ceiling]`).
+    pub retry_initial_ms: u64,
+    /// Largest retry delay ceiling; the ceiling doubles per retry up to it.
+    pub retry_cap_ms: u64,
+    /// Deliveries in flight at once per receiver.
+    pub concurrency_max: usize,
+    /// Entries read per shard stream per poll.
+    pub batch_size: usize,
+    /// Pause between polls that found nothing.
+    pub poll_interval_ms: u64,
+    /// Entries left pending this long by a consumer are reclaimed (XAUTOCLAIM).
+    pub claim_idle_ms: u64,
+    /// The receivers.
+    #[serde(default)]
+    pub receivers: Vec<WebhookReceiver>,
+}
+
+/// One webhook receiver.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookReceiver {
+    /// Name in keys, groups and metrics; empty: derived from a hash of the URL.
+    #[serde(default)]
+    pub name: String,
+    /// Where events are POSTed (http:// or https://).
+    pub url: String,
+    /// HMAC-SHA256 key of the `Orderly-Signature` header.
+    #[serde(default)]
+    pub secret: String,
+    /// Event types to deliver; empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+impl WebhookReceiver {
+    /// The receiver's name: the configured one, else `r` and 12 hex digits of a hash of its
+    /// URL (stable across restarts and nodes).
+    pub fn effective_name(&self) -> String {
+        if !self.name.is_empty() {
+            return self.name.clone();
+        }
+        let id = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_URL, self.url.as_bytes());
+        format!("r{}", &id.simple().to_string()[..12])
+    }
 }
 
 /// Order timing rules (durable timers). 0 or `[]` turns a rule off.
@@ -645,9 +720,92 @@ impl Settings {
                 "must be at most 128 characters without spaces or control characters",
             );
         }
+        if self.store.redis.outbox_maxlen.is_some() {
+            return invalid(
+                "store.redis.outbox_maxlen",
+                "was replaced by [outbox] (enabled, max_entries_per_shard): the outbox is no \
+                 longer trimmed unread",
+            );
+        }
         self.orders.validate()?;
         self.timers.validate()?;
+        self.validate_outbox()?;
         self.validate_payments()
+    }
+
+    fn validate_outbox(&self) -> Result<(), ConfigError> {
+        let invalid = |path: String, message: String| Err(ConfigError::Invalid { path, message });
+        if self.outbox.max_entries_per_shard == 0 {
+            return invalid(
+                "outbox.max_entries_per_shard".into(),
+                "must be at least 1".into(),
+            );
+        }
+        let webhooks = &self.webhooks;
+        if !webhooks.receivers.is_empty() && !self.outbox.enabled {
+            return invalid(
+                "outbox.enabled".into(),
+                "must be true while [[webhooks.receivers]] are configured".into(),
+            );
+        }
+        for (key, value, min) in [
+            ("webhooks.timeout_ms", webhooks.timeout_ms, 1),
+            ("webhooks.retry_cap_ms", webhooks.retry_cap_ms, 1),
+            ("webhooks.poll_interval_ms", webhooks.poll_interval_ms, 1),
+            ("webhooks.claim_idle_ms", webhooks.claim_idle_ms, 1),
+        ] {
+            if value < min {
+                return invalid(key.into(), format!("must be at least {min}"));
+            }
+        }
+        if webhooks.attempts_max == 0 || webhooks.attempts_max > 100 {
+            return invalid("webhooks.attempts_max".into(), "must be 1..=100".into());
+        }
+        if webhooks.concurrency_max == 0 || webhooks.concurrency_max > 10_000 {
+            return invalid(
+                "webhooks.concurrency_max".into(),
+                "must be 1..=10000".into(),
+            );
+        }
+        if webhooks.batch_size == 0 || webhooks.batch_size > 10_000 {
+            return invalid("webhooks.batch_size".into(), "must be 1..=10000".into());
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, receiver) in webhooks.receivers.iter().enumerate() {
+            let path = |key: &str| format!("webhooks.receivers[{i}].{key}");
+            if !receiver.url.starts_with("http://") && !receiver.url.starts_with("https://") {
+                return invalid(path("url"), "must be an http:// or https:// URL".into());
+            }
+            if receiver.secret.is_empty() {
+                return invalid(
+                    path("secret"),
+                    "is required (it signs every delivery)".into(),
+                );
+            }
+            let name = receiver.effective_name();
+            if name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+            {
+                return invalid(
+                    path("name"),
+                    "must be at most 64 characters of a-z, A-Z, 0-9, `-`, `_`, `.`".into(),
+                );
+            }
+            if !names.insert(name.clone()) {
+                return invalid(path("name"), format!("`{name}` names two receivers"));
+            }
+            for event in &receiver.events {
+                if !crate::domain::OrderEvent::ALL
+                    .iter()
+                    .any(|e| e.as_str() == event)
+                {
+                    return invalid(path("events"), format!("`{event}` is not an event type"));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn validate_payments(&self) -> Result<(), ConfigError> {

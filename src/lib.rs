@@ -3,7 +3,8 @@
 //! Map of the crate (layers point one way: `domain` ← `engine` ← edges):
 //! - [`domain`]: pure Rust: money, orders, payment records, the state machine `apply`.
 //! - [`store`]: the snapshot store port (fenced shard leases, atomic batch writes), with the
-//!   in-memory and Redis implementations and the versioned MessagePack snapshot codec.
+//!   in-memory and Redis implementations, the versioned MessagePack snapshot codec and the
+//!   outbox event encoding.
 //! - [`engine`]: actors: the cloneable [`engine::Engine`] handle, shard actors (routing,
 //!   activation, passivation, supervision, group commit) and one order actor per live order.
 //! - [`gateway`]: payment gateways (the in-process simulated gateway actor).
@@ -15,7 +16,9 @@
 //! - [`api`]: the HTTP edge (actix-web): orders, bulk NDJSON, health, metrics, OpenAPI.
 //! - [`app`]: the composition root: store → engine → HTTP app, shared by `serve`, `demo` and
 //!   the tests.
-//! - [`cli`]: the `orderly` command line (`serve`, `demo`, `inspect`).
+//! - [`webhooks`]: delivery of outbox events to HTTP receivers (a consumer group per
+//!   receiver, signed, retried, dead-lettered) and the outbox trimmer.
+//! - [`cli`]: the `orderly` command line (`serve`, `demo`, `inspect`, `events`).
 
 pub mod api;
 pub mod app;
@@ -28,4 +31,5 @@ pub mod gateway;
 pub mod ingest;
 pub mod store;
 pub mod telemetry;
+pub mod webhooks;
 pub mod wire;

@@ -39,7 +39,8 @@ pub const WAITING_COMMANDS: &str = "orderly_waiting_commands";
 pub const OVERLOAD_REJECTIONS_TOTAL: &str = "orderly_overload_rejections_total";
 /// Payment attempts, by `gateway` and `outcome`.
 pub const PAYMENT_ATTEMPTS_TOTAL: &str = "orderly_payment_attempts_total";
-/// Outbox events appended, by store.
+/// Outbox events written with snapshots, by store (see [`OUTBOX_APPENDED_TOTAL`] for the
+/// events that reached a Redis outbox stream, by type).
 pub const EVENTS_TOTAL: &str = "orderly_outbox_events_total";
 /// HTTP requests answered, by `route` pattern (`/v1/orders/{id}`, never a concrete id) and
 /// `status` class (`2xx`, `4xx`, `5xx`).
@@ -177,12 +178,19 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
                 GATEWAY_SECONDS_BUCKETS,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(WEBHOOK_DELIVERY_SECONDS.to_string()),
+                WEBHOOK_SECONDS_BUCKETS,
+            )
+        })
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
     describe_payments();
+    describe_outbox();
     Ok(handle)
 }
 
@@ -527,4 +535,176 @@ impl GatewayMetrics {
 /// Records orders resumed by a shard's payment recovery scan.
 pub(crate) fn record_payments_resumed(n: u64) {
     counter!(PAYMENTS_RESUMED_TOTAL).increment(n);
+}
+
+/// Outbox events appended to a shard's outbox stream, by event `type` (the Redis store).
+pub const OUTBOX_APPENDED_TOTAL: &str = "orderly_outbox_appended_total";
+/// Outbox events appended to an overflow stream because their shard's outbox stream was at
+/// its cap (`[outbox] max_entries_per_shard`).
+pub const OUTBOX_OVERFLOWED_TOTAL: &str = "orderly_outbox_overflowed_total";
+/// Outbox stream entries removed by the trimmer after every consumer group acknowledged them.
+pub const OUTBOX_TRIMMED_TOTAL: &str = "orderly_outbox_trimmed_entries_total";
+/// Webhook deliveries by `receiver` and `outcome` ([`DeliveryOutcome`]).
+pub const WEBHOOK_DELIVERIES_TOTAL: &str = "orderly_webhook_deliveries_total";
+/// Latency of one webhook request (one try), by `receiver`.
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "orderly_webhook_delivery_duration_seconds";
+/// Outbox entries not yet acknowledged by a receiver (lag + pending of its consumer groups,
+/// summed over shards), by `receiver`.
+pub const WEBHOOK_BACKLOG: &str = "orderly_webhook_backlog_entries";
+/// Whether a receiver is disabled (it answered 410 Gone), by `receiver`: 0 or 1.
+pub const WEBHOOK_DISABLED: &str = "orderly_webhook_receiver_disabled";
+
+/// Buckets for webhook latency, seconds (1 ms .. 30 s).
+pub const WEBHOOK_SECONDS_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// What became of one webhook delivery try; the `outcome` label of
+/// [`WEBHOOK_DELIVERIES_TOTAL`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// The try failed (timeout, connection error, non-2xx) and another will follow.
+    Retried,
+    /// Tries or time ran out: the event went to the receiver's dead-letter stream.
+    DeadLettered,
+    /// The receiver answered 410 Gone and was disabled.
+    Gone,
+}
+
+impl DeliveryOutcome {
+    /// Every outcome, so each series exists before its first occurrence.
+    pub const ALL: [DeliveryOutcome; 4] = [
+        DeliveryOutcome::Delivered,
+        DeliveryOutcome::Retried,
+        DeliveryOutcome::DeadLettered,
+        DeliveryOutcome::Gone,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Retried => "retried",
+            DeliveryOutcome::DeadLettered => "dead_lettered",
+            DeliveryOutcome::Gone => "gone",
+        }
+    }
+}
+
+/// Registers the outbox and webhook metrics' descriptions and starts the outbox series at
+/// zero (called when a Redis store opens; describing twice is harmless).
+pub fn describe_outbox() {
+    describe_counter!(
+        OUTBOX_APPENDED_TOTAL,
+        Unit::Count,
+        "Outbox events appended to the shard outbox streams, by event type."
+    );
+    describe_counter!(
+        OUTBOX_OVERFLOWED_TOTAL,
+        Unit::Count,
+        "Outbox events appended to an overflow stream because their shard stream was at its cap."
+    );
+    describe_counter!(
+        OUTBOX_TRIMMED_TOTAL,
+        Unit::Count,
+        "Outbox stream entries trimmed after every consumer group acknowledged them."
+    );
+    describe_counter!(
+        WEBHOOK_DELIVERIES_TOTAL,
+        Unit::Count,
+        "Webhook delivery tries by receiver and outcome (delivered, retried, dead_lettered, gone)."
+    );
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "Latency of one webhook request, by receiver."
+    );
+    describe_gauge!(
+        WEBHOOK_BACKLOG,
+        Unit::Count,
+        "Outbox entries a receiver has not acknowledged yet (consumer group lag plus pending)."
+    );
+    describe_gauge!(
+        WEBHOOK_DISABLED,
+        Unit::Count,
+        "1 while a receiver is disabled (it answered 410 Gone)."
+    );
+    let mut seen: Vec<&str> = Vec::new();
+    for event in crate::domain::OrderEvent::ALL {
+        if !seen.contains(&event.as_str()) {
+            seen.push(event.as_str());
+            counter!(OUTBOX_APPENDED_TOTAL, "type" => event.as_str()).increment(0);
+        }
+    }
+    counter!(OUTBOX_OVERFLOWED_TOTAL).increment(0);
+    counter!(OUTBOX_TRIMMED_TOTAL).increment(0);
+}
+
+/// Records what one applied transaction appended: counts by index in `OrderEvent::ALL`, and
+/// how many went to overflow streams.
+pub(crate) fn record_outbox_appended(by_type: &[u64], overflowed: u64) {
+    for (event, &n) in crate::domain::OrderEvent::ALL.iter().zip(by_type) {
+        if n > 0 {
+            counter!(OUTBOX_APPENDED_TOTAL, "type" => event.as_str()).increment(n);
+        }
+    }
+    if overflowed > 0 {
+        counter!(OUTBOX_OVERFLOWED_TOTAL).increment(overflowed);
+    }
+}
+
+/// Records entries removed by the trimmer.
+pub(crate) fn record_outbox_trimmed(n: u64) {
+    counter!(OUTBOX_TRIMMED_TOTAL).increment(n);
+}
+
+/// Metric handles of one webhook receiver, resolved once when its worker starts.
+pub(crate) struct WebhookMetrics {
+    outcomes: [metrics::Counter; 4],
+    seconds: metrics::Histogram,
+    backlog: metrics::Gauge,
+    disabled: metrics::Gauge,
+}
+
+impl WebhookMetrics {
+    pub(crate) fn new(receiver: &str) -> WebhookMetrics {
+        let label = receiver.to_string();
+        let outcomes = DeliveryOutcome::ALL.map(|o| {
+            let c = counter!(WEBHOOK_DELIVERIES_TOTAL, "receiver" => label.clone(), "outcome" => o.as_str());
+            c.increment(0);
+            c
+        });
+        let backlog = gauge!(WEBHOOK_BACKLOG, "receiver" => label.clone());
+        backlog.set(0.0);
+        let disabled = gauge!(WEBHOOK_DISABLED, "receiver" => label.clone());
+        disabled.set(0.0);
+        WebhookMetrics {
+            outcomes,
+            seconds: histogram!(WEBHOOK_DELIVERY_SECONDS, "receiver" => label),
+            backlog,
+            disabled,
+        }
+    }
+
+    pub(crate) fn outcome(&self, outcome: DeliveryOutcome) {
+        let i = DeliveryOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0);
+        self.outcomes[i].increment(1);
+    }
+
+    pub(crate) fn seconds(&self, seconds: f64) {
+        self.seconds.record(seconds);
+    }
+
+    pub(crate) fn backlog(&self, entries: u64) {
+        self.backlog.set(entries as f64);
+    }
+
+    pub(crate) fn disabled(&self, disabled: bool) {
+        self.disabled.set(if disabled { 1.0 } else { 0.0 });
+    }
 }

@@ -16,6 +16,7 @@ use orderly::config::Settings;
 use orderly::domain::{Command, CommandEnvelope, OrderId, OrderStatus};
 use orderly::engine::{Admission, CommandResult, Engine, EngineError, Request};
 use orderly::store::memory::MemoryStore;
+use orderly::store::outbox::OutboxEvents;
 use orderly::store::redis::RedisStore;
 use orderly::store::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite};
 use support::orders::new_order;
@@ -77,7 +78,10 @@ fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
         order_id,
         version,
         bytes: bytes.to_vec(),
-        events: vec!["test_event"],
+        events: OutboxEvents::from_lines(
+            format!("{{\"event_id\":\"{order_id}:{version}:0\",\"type\":\"order_placed\"}}\n")
+                .as_bytes(),
+        ),
         payments_index: Default::default(),
     }
 }
@@ -239,7 +243,7 @@ async fn a_stale_token_is_refused_by_the_store() {
     // ones none.
     let events = RedisStore::events_key("orderly", 3);
     assert_eq!(server.command(&["XLEN", &events]).as_int(), Some(3));
-    // Each entry has one field holding a line `<order-id>:<version>:<event>` per event.
+    // Each entry has one field holding one JSON line per event.
     let entries = server.command(&["XRANGE", &events, "-", "+"]);
     let lines: Vec<String> = entries
         .as_array()
@@ -259,7 +263,7 @@ async fn a_stale_token_is_refused_by_the_store() {
     assert_eq!(lines.len(), 3);
     for (line, version) in lines.iter().zip(1..) {
         assert!(
-            line.ends_with(&format!(":{version}:test_event\n")),
+            line.ends_with(&format!(":{version}:0\",\"type\":\"order_placed\"}}\n")),
             "outbox line {line:?}"
         );
     }

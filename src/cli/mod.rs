@@ -1,8 +1,9 @@
 //! The `orderly` command line: `serve` runs the engine behind its HTTP edge; `demo` runs orders
 //! through their whole lifecycle in-process and reports throughput and latency; `inspect` prints
-//! one stored order.
+//! one stored order; `events` prints the outbox as NDJSON.
 
 pub mod demo;
+pub mod events;
 pub mod inspect;
 pub mod serve;
 
@@ -66,4 +67,6 @@ pub enum CliCommand {
     Demo(demo::DemoArgs),
     /// Print one stored order as JSON.
     Inspect(inspect::InspectArgs),
+    /// Print the outbox events as NDJSON (`--follow` to keep printing new ones).
+    Events(events::EventsArgs),
 }

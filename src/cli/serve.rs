@@ -37,7 +37,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let app = match orderly.http() {
         Ok(app) => app,
         Err(error) => {
-            engine.stop();
+            orderly.shutdown().await;
             return Err(error.into());
         }
     };
@@ -50,7 +50,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let ingest = match start_ingest(&settings, &engine).await {
         Ok(ingest) => ingest,
         Err(error) => {
-            engine.stop();
+            orderly.shutdown().await;
             return Err(error);
         }
     };
@@ -65,7 +65,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     }
     tracing::info!("HTTP server stopped; releasing shard leases and stopping the engine");
-    engine.shutdown().await;
+    orderly.shutdown().await;
     served.context("HTTP server failed")
 }
 

@@ -10,6 +10,7 @@ use tokio::sync::oneshot;
 use super::messages::{CommandResult, EngineError};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::gateway::GatewayJob;
+use crate::store::outbox::OutboxEvents;
 use crate::store::{IndexChange, SnapshotWrite};
 
 /// A snapshot waiting to be written.
@@ -33,7 +34,7 @@ pub(crate) struct CommitEntry {
     pub(crate) forwarded: bool,
     pub(crate) verb: &'static str,
     pub(crate) write: Option<PendingWrite>,
-    pub(crate) events: SmallVec<[&'static str; 2]>,
+    pub(crate) events: OutboxEvents,
     /// Gateway work to hand over once this entry is durable (a charge, a query, a refund).
     pub(crate) jobs: SmallVec<[GatewayJob; 1]>,
     pub(crate) result: CommandResult,
@@ -119,7 +120,7 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
                 debug_assert_eq!(write.expected_version, writes[i].version);
                 writes[i].version = write.version;
                 writes[i].bytes = write.bytes;
-                writes[i].events.extend(entry.events.iter().copied());
+                writes[i].events.append(&mut entry.events);
                 writes[i].payments_index = IndexChange::between(live_before, write.live_after);
                 write_of_entry.push(Some(i));
             }
@@ -131,7 +132,7 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
                     order_id: entry.order_id,
                     version: write.version,
                     bytes: write.bytes,
-                    events: entry.events.to_vec(),
+                    events: std::mem::take(&mut entry.events),
                     payments_index: IndexChange::between(write.live_before, write.live_after),
                 });
             }

@@ -239,7 +239,7 @@ impl OrderActor {
                 }
                 for effect in &applied.effects {
                     match effect {
-                        Effect::Emit(event) => entry.events.push(event.as_str()),
+                        Effect::Emit(event) => entry.events.push(&applied.order, *event),
                         Effect::RequestCharge {
                             order_id,
                             attempt_no,

@@ -8,6 +8,7 @@
 //! one: fencing the owner is enough, as Temporal fences a history shard by its range id.
 
 pub mod memory;
+pub mod outbox;
 pub mod redis;
 mod resp;
 pub mod snapshot;
@@ -23,13 +24,13 @@ use crate::domain::OrderId;
 pub struct SnapshotWrite {
     /// The order written.
     pub order_id: OrderId,
-    /// The version being written (one more than the last durable one); names the outbox
-    /// events as `<order-id>:<version>`.
+    /// The version being written (one more than the last durable one).
     pub version: u64,
     /// Encoded snapshot (see [`snapshot`]).
     pub bytes: Vec<u8>,
-    /// Outbox events produced by the commands this write makes durable, by wire name.
-    pub events: Vec<&'static str>,
+    /// Outbox events produced by the commands this write makes durable, pre-encoded (each
+    /// names the version its own command produced, see [`outbox`]).
+    pub events: outbox::OutboxEvents,
     /// How this write changes the shard's index of orders with live gateway work (a live
     /// payment attempt or a pending refund), applied atomically with the snapshot.
     pub payments_index: IndexChange,
@@ -176,7 +177,9 @@ pub async fn open(
             settings.engine.shards,
         )))
     } else {
-        let store = redis::RedisStore::connect(&settings.store.url, &settings.store.redis).await?;
+        let store = redis::RedisStore::connect(&settings.store.url, &settings.store.redis)
+            .await?
+            .with_outbox(&settings.outbox);
         Ok(std::sync::Arc::new(store))
     }
 }

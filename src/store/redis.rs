@@ -69,8 +69,8 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 "#;
 
-/// The field of an outbox stream entry that holds its events, one line
-/// `<order-id>:<version>:<event>` each.
+/// The field of an outbox stream entry that holds its events: one JSON event per line (see
+/// [`super::outbox`]), the events of one shard's batch in commit order.
 pub const OUTBOX_FIELD: &str = "events";
 
 /// How often one batch is retried after its `EXEC` was aborted while the lease stayed ours
@@ -85,7 +85,14 @@ pub struct RedisStore {
     prefix: Arc<str>,
     connect_timeout_ms: u64,
     command_timeout_ms: u64,
-    outbox_maxlen: u64,
+    outbox: OutboxConfig,
+}
+
+/// What the writers need of `[outbox]`.
+#[derive(Debug, Clone, Copy)]
+struct OutboxConfig {
+    enabled: bool,
+    max_entries_per_shard: u64,
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
@@ -127,8 +134,20 @@ impl RedisStore {
             prefix: settings.key_prefix.as_str().into(),
             connect_timeout_ms: settings.connect_timeout_ms,
             command_timeout_ms: settings.command_timeout_ms,
-            outbox_maxlen: settings.outbox_maxlen,
+            outbox: OutboxConfig {
+                enabled: true,
+                max_entries_per_shard: 100_000,
+            },
         })
+    }
+
+    /// Applies `[outbox]`: whether writes append events, and each shard stream's hard cap.
+    pub fn with_outbox(mut self, settings: &crate::config::OutboxSettings) -> RedisStore {
+        self.outbox = OutboxConfig {
+            enabled: settings.enabled,
+            max_entries_per_shard: settings.max_entries_per_shard,
+        };
+        self
     }
 
     /// The key of an order's snapshot.
@@ -139,6 +158,12 @@ impl RedisStore {
     /// The key of a shard's outbox stream.
     pub fn events_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:events")
+    }
+
+    /// The key of a shard's overflow stream: events appended while the outbox stream was at
+    /// its cap (`[outbox] max_entries_per_shard`). Nothing reads or trims it by itself.
+    pub fn overflow_key(prefix: &str, shard: u32) -> String {
+        format!("{prefix}:{{{shard}}}:events:overflow")
     }
 
     /// The key of a shard's set of orders with live gateway work (a live payment attempt or a
@@ -171,7 +196,12 @@ struct RedisShardWriter {
     connection: Option<RespConnection>,
     connect_timeout: Duration,
     timeout: Duration,
-    outbox_maxlen: u64,
+    outbox: OutboxConfig,
+    /// Each shard stream's length after this writer's last append (`XLEN` in the same
+    /// transaction): past the cap, the next append goes to the overflow stream.
+    outbox_len: BTreeMap<u32, u64>,
+    /// The `XLEN`s of the transaction being built: (shard, index in the `EXEC` reply).
+    lengths: Vec<(u32, usize)>,
     owner: LeaseOwner,
     prefix: Arc<str>,
     /// Held leases by shard: the value (`<token>:<node-id>`) each held when last checked.
@@ -191,6 +221,8 @@ struct Transaction {
     applied: bool,
     /// The leases as read right after, in `watched` order.
     leases: Vec<Option<String>>,
+    /// The replies of the queued commands, when applied.
+    results: Vec<Reply>,
 }
 
 impl RedisShardWriter {
@@ -320,6 +352,7 @@ impl RedisShardWriter {
             if outcome.applied {
                 // EXEC ran with every watched lease untouched. A lease that moved right
                 // after is reported by the next call that needs it.
+                self.appended(&writes, &outcome.results);
                 break;
             }
             // Aborted: nothing was written. Retry without the shards that moved.
@@ -336,11 +369,46 @@ impl RedisShardWriter {
         Ok(refused)
     }
 
+    /// Records what an applied transaction appended to the outbox: each shard stream's new
+    /// length, and the events appended and overflowed.
+    fn appended(&mut self, batches: &[&ShardBatch], results: &[Reply]) {
+        let mut overflowed = 0_u64;
+        let mut by_type = [0_u64; crate::domain::OrderEvent::ALL.len()];
+        for batch in batches {
+            let events: usize = batch.writes.iter().map(|w| w.events.len()).sum();
+            if events == 0 {
+                continue;
+            }
+            if self.outbox_len.get(&batch.shard).copied().unwrap_or(0)
+                >= self.outbox.max_entries_per_shard
+            {
+                overflowed += events as u64;
+            }
+            for write in &batch.writes {
+                for kind in &write.events.kinds {
+                    if let Some(i) = crate::domain::OrderEvent::ALL
+                        .iter()
+                        .position(|e| e == kind)
+                    {
+                        by_type[i] += 1;
+                    }
+                }
+            }
+        }
+        for &(shard, index) in &self.lengths {
+            if let Some(Reply::Int(len)) = results.get(index) {
+                self.outbox_len.insert(shard, (*len).max(0) as u64);
+            }
+        }
+        crate::telemetry::record_outbox_appended(&by_type, overflowed);
+    }
+
     /// Writes `MULTI`, the commands of one transaction and `EXEC` into the request; answers
     /// how many commands were queued between them. (The WATCH + MGET that guard the next
     /// transaction follow.)
     fn transaction(&mut self, batches: &[&ShardBatch], renew: &[u32]) -> usize {
         let mut queued = 0;
+        self.lengths.clear();
         let request = &mut self.request;
         let text = &mut self.text;
         request.command(1).arg("MULTI");
@@ -381,32 +449,30 @@ impl RedisShardWriter {
                 }
                 queued += 1;
             }
-            if self.outbox_maxlen > 0 && batch.writes.iter().any(|w| !w.events.is_empty()) {
-                // One stream entry per shard per batch, with one field `events` whose value
-                // has a line `<order-id>:<version>:<event>` per event, in commit order. Redis
-                // pays per field of an entry: one field per event cost more than the
-                // snapshots' MSET per key.
-                text.clear();
-                for write in &batch.writes {
-                    for event in &write.events {
-                        push_uuid(text, write.order_id);
-                        text.push(':');
-                        text.push_str(itoa::Buffer::new().format(write.version));
-                        text.push(':');
-                        text.push_str(event);
-                        text.push('\n');
-                    }
-                }
+            if self.outbox.enabled && batch.writes.iter().any(|w| !w.events.is_empty()) {
+                // One stream entry per shard per batch, with one field `events` holding one
+                // JSON line per event, in commit order. Redis pays per entry and per field:
+                // one entry per event cost more than the snapshots' MSET per key. No MAXLEN:
+                // nothing is trimmed unread (the trimmer removes what every consumer group
+                // acknowledged); past the hard cap the entry goes to the overflow stream.
+                let full = self.outbox_len.get(&batch.shard).copied().unwrap_or(0)
+                    >= self.outbox.max_entries_per_shard;
+                let events = RedisStore::events_key(&self.prefix, batch.shard);
+                let target = if full {
+                    RedisStore::overflow_key(&self.prefix, batch.shard)
+                } else {
+                    events.clone()
+                };
                 request
-                    .command(8)
+                    .command(5)
                     .arg("XADD")
-                    .arg(RedisStore::events_key(&self.prefix, batch.shard))
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .int(self.outbox_maxlen)
+                    .arg(&target)
                     .arg("*")
                     .arg(OUTBOX_FIELD)
-                    .arg(text.as_bytes());
+                    .arg_parts(batch.writes.iter().map(|w| &w.events.lines[..]));
+                queued += 1;
+                request.command(2).arg("XLEN").arg(&events);
+                self.lengths.push((batch.shard, queued));
                 queued += 1;
             }
         }
@@ -484,6 +550,7 @@ fn read_transaction(
         .take(1 + queued)
         .find_map(|r| r.first_error().map(str::to_string));
     let exec = replies.next().unwrap_or(Reply::Array(None));
+    let mut results = Vec::new();
     let applied = match &exec {
         Reply::Array(Some(_)) => match exec.first_error() {
             Some(error) => return Err(StoreError::Unavailable(error.to_string())),
@@ -502,13 +569,20 @@ fn read_transaction(
             )))
         }
     };
+    if let Reply::Array(Some(items)) = exec {
+        results = items;
+    }
     let leases = if watched {
         let _watch = replies.next();
         lease_values(replies.next())?
     } else {
         Vec::new()
     };
-    Ok(Transaction { applied, leases })
+    Ok(Transaction {
+        applied,
+        leases,
+        results,
+    })
 }
 
 /// Appends `<prefix>:{<shard>}:order:<uuid>` without intermediate `String`s.
@@ -637,7 +711,9 @@ impl SnapshotStore for RedisStore {
             connection: None,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             timeout: Duration::from_millis(self.command_timeout_ms),
-            outbox_maxlen: self.outbox_maxlen,
+            outbox: self.outbox,
+            outbox_len: BTreeMap::new(),
+            lengths: Vec::new(),
             owner: owner.clone(),
             prefix: Arc::clone(&self.prefix),
             held: BTreeMap::new(),

@@ -94,6 +94,23 @@ impl Request {
         self
     }
 
+    /// One argument made of `parts` back to back (no intermediate buffer).
+    pub(crate) fn arg_parts<'a>(
+        &mut self,
+        parts: impl Iterator<Item = &'a [u8]> + Clone,
+    ) -> &mut Self {
+        let len: usize = parts.clone().map(<[u8]>::len).sum();
+        self.bytes.push(b'$');
+        self.bytes
+            .extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+        self.bytes.extend_from_slice(b"\r\n");
+        for part in parts {
+            self.bytes.extend_from_slice(part);
+        }
+        self.bytes.extend_from_slice(b"\r\n");
+        self
+    }
+
     /// One integer argument.
     pub(crate) fn int(&mut self, value: u64) -> &mut Self {
         self.arg(itoa::Buffer::new().format(value))
