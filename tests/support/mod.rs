@@ -5,5 +5,8 @@
 #![allow(dead_code)]
 
 pub mod orders;
+pub mod outbox;
+pub mod receiver;
 pub mod redis_server;
+pub mod serve;
 pub mod stored;
