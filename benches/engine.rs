@@ -414,6 +414,7 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 bytes: bytes.clone(),
                 events: vec!["order_shipped"],
                 payments_index: Default::default(),
+                timer: Default::default(),
             })
             .collect::<Vec<_>>()
     };

@@ -79,6 +79,7 @@ fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
         bytes: bytes.to_vec(),
         events: vec!["test_event"],
         payments_index: Default::default(),
+        timer: Default::default(),
     }
 }
 

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 use super::messages::{CommandResult, EngineError};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::gateway::GatewayJob;
-use crate::store::{IndexChange, SnapshotWrite};
+use crate::store::{IndexChange, SnapshotWrite, TimerChange};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
@@ -21,6 +21,8 @@ pub(crate) struct PendingWrite {
     /// and after this write: the store's index of such orders follows it.
     pub(crate) live_before: bool,
     pub(crate) live_after: bool,
+    /// How the shard's timer index follows this write.
+    pub(crate) timer: TimerChange,
 }
 
 /// What an order actor produced for one request: the answer to give once the write (if any)
@@ -64,6 +66,10 @@ pub(crate) enum PendingReply {
         collector: Rc<RefCell<BatchCollector>>,
         index: u32,
     },
+    /// A timer fire the shard itself started (`ShardCore::resolve` handles it).
+    Timer {
+        order_id: OrderId,
+    },
 }
 
 impl PendingReply {
@@ -73,6 +79,7 @@ impl PendingReply {
                 // The caller may have given up waiting; the command is durable either way.
                 let _ = tx.send(result);
             }
+            PendingReply::Timer { .. } => {}
             PendingReply::Many { collector, index } => {
                 let mut collector = collector.borrow_mut();
                 collector.results.push((index, result));
@@ -115,10 +122,14 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
         };
         match by_order.get(&entry.order_id) {
             Some(&(i, live_before)) => {
-                // Versions grow by one per applied command, also within a batch.
+                // Versions grow by one per applied command, also within a batch (a rewrite
+                // of the timer index entry keeps the version).
                 debug_assert_eq!(write.expected_version, writes[i].version);
                 writes[i].version = write.version;
                 writes[i].bytes = write.bytes;
+                if write.timer != TimerChange::Unchanged {
+                    writes[i].timer = write.timer;
+                }
                 writes[i].events.extend(entry.events.iter().copied());
                 writes[i].payments_index = IndexChange::between(live_before, write.live_after);
                 write_of_entry.push(Some(i));
@@ -126,13 +137,14 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
             None => {
                 by_order.insert(entry.order_id, (writes.len(), write.live_before));
                 write_of_entry.push(Some(writes.len()));
-                debug_assert_eq!(write.expected_version + 1, write.version);
+                debug_assert!(write.version - write.expected_version <= 1);
                 writes.push(SnapshotWrite {
                     order_id: entry.order_id,
                     version: write.version,
                     bytes: write.bytes,
                     events: entry.events.to_vec(),
                     payments_index: IndexChange::between(write.live_before, write.live_after),
+                    timer: write.timer,
                 });
             }
         }
