@@ -389,3 +389,108 @@ async fn timers_due_while_down_fire_once_after_restart_at_the_catch_up_rate() {
     assert_eq!(overdue(&*store, clock.now()).await, 0);
     second.engine.shutdown().await;
 }
+
+fn sum_zcard(server: &RedisServer) -> i64 {
+    (0..SHARDS)
+        .map(|shard| {
+            server
+                .command(&["ZCARD", &RedisStore::timers_key("orderly", shard)])
+                .as_int()
+                .expect("ZCARD answers an integer")
+        })
+        .sum()
+}
+
+fn admin_reindex(server: &RedisServer) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_orderly"))
+        .args(["admin", "reindex", "--page", "50", "--shards"])
+        .arg(SHARDS.to_string())
+        .arg("--store")
+        .arg(server.url())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("orderly admin reindex runs")
+}
+
+#[actix_rt::test]
+async fn admin_reindex_rebuilds_the_timer_index_from_the_snapshots() {
+    let server = RedisServer::start();
+    let mut settings = settings();
+    settings.store.url = server.url();
+    settings.cluster.node_id = "reindex-node".into();
+    let store: Arc<dyn SnapshotStore> = Arc::new(
+        RedisStore::connect(&settings.store.url, &settings.store.redis)
+            .await
+            .expect("redis"),
+    );
+    let h = Harness::start(&settings, Arc::clone(&store)).await;
+    let unpaid: Vec<BatchItem> = (0..300)
+        .map(|i| BatchItem::place(OrderId::new(), new_order(i)))
+        .collect();
+    let unpaid: Vec<OrderId> = h
+        .engine
+        .execute_batch(unpaid, Admission::Wait)
+        .await
+        .into_iter()
+        .map(|r| r.expect("placed").order.id())
+        .collect();
+    // A few complete lifecycles: no timer left.
+    for n in 0..20 {
+        let id = h.place(1_000 + n).await;
+        h.command(id, Command::StartPayment { method: None }).await;
+        h.command(
+            id,
+            Command::ShipOrder {
+                tracking_number: None,
+            },
+        )
+        .await;
+        let done = h.command(id, Command::ConfirmDelivery).await;
+        assert_eq!(done.status, OrderStatus::Completed);
+    }
+    assert_eq!(sum_zcard(&server), 300, "one entry per unpaid order");
+
+    // While the engine holds the leases the reindex refuses.
+    let refused = admin_reindex(&server);
+    assert!(!refused.status.success(), "reindex ran beside an engine");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("owned by another node"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    h.engine.shutdown().await;
+
+    // Lose the index (as a store written before it existed), then rebuild it.
+    for shard in 0..SHARDS {
+        server.command(&["DEL", &RedisStore::timers_key("orderly", shard)]);
+    }
+    assert_eq!(sum_zcard(&server), 0);
+    let rebuilt = admin_reindex(&server);
+    assert!(
+        rebuilt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rebuilt.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&rebuilt.stdout).expect("reindex prints a JSON report");
+    assert_eq!(report["scanned"], 320, "{report}");
+    assert_eq!(report["timers_armed"], 300, "{report}");
+    assert_eq!(sum_zcard(&server), 300);
+    for id in unpaid.iter().step_by(29) {
+        let shard = h.engine.shard_of(*id);
+        let score = server.command(&[
+            "ZSCORE",
+            &RedisStore::timers_key("orderly", shard),
+            &id.to_string(),
+        ]);
+        let order =
+            support::stored::stored_order(&server, &RedisStore::order_key("orderly", shard, *id))
+                .expect("stored");
+        assert_eq!(
+            score.as_str().and_then(|s| s.parse::<i64>().ok()),
+            Some(order.reminder_at.0),
+            "entry at the order's next timer"
+        );
+        assert_eq!(order.timer_indexed_at, order.reminder_at);
+    }
+}

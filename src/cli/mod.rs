@@ -1,7 +1,8 @@
 //! The `orderly` command line: `serve` runs the engine behind its HTTP edge; `demo` runs orders
 //! through their whole lifecycle in-process and reports throughput and latency; `inspect` prints
-//! one stored order.
+//! one stored order; `admin reindex` rebuilds a store's indexes.
 
+pub mod admin;
 pub mod demo;
 pub mod inspect;
 pub mod serve;
@@ -66,4 +67,6 @@ pub enum CliCommand {
     Demo(demo::DemoArgs),
     /// Print one stored order as JSON.
     Inspect(inspect::InspectArgs),
+    /// Store maintenance (`admin reindex`: rebuild the timer and payments indexes).
+    Admin(admin::AdminArgs),
 }
