@@ -494,3 +494,48 @@ async fn admin_reindex_rebuilds_the_timer_index_from_the_snapshots() {
         assert_eq!(order.timer_indexed_at, order.reminder_at);
     }
 }
+
+#[actix_rt::test]
+async fn gateway_retry_backoff_sleeps_on_the_engine_clock() {
+    let mut settings = settings();
+    // Every call provably fails before reaching the gateway: retried after a backoff.
+    let healthy = settings
+        .payments
+        .fault_profiles
+        .get_mut("healthy")
+        .expect("healthy profile");
+    healthy.not_sent_rate = 1.0;
+    settings.payments.retry.initial_ms = 60_000;
+    settings.payments.retry.cap_ms = 60_000;
+    settings.payments.retry.multiplier = 1.0;
+    settings.payments.retry.attempts_max = 2;
+    settings.payments.retry.elapsed_max_ms = 3_600_000;
+    let store = Arc::new(MemoryStore::new(SHARDS));
+    let h = Harness::start(&settings, store).await;
+    let id = h.place(5).await;
+    let engine = h.engine.clone();
+    actix_rt::spawn(async move {
+        let _ = engine
+            .execute(
+                id,
+                Request::Command(CommandEnvelope::new(Command::StartPayment { method: None })),
+                Admission::Wait,
+            )
+            .await;
+    });
+    // The retry waits on the manual clock: in real time nothing moves.
+    tokio::time::sleep(QUIET * 2).await;
+    assert_eq!(h.read(id).await.status, OrderStatus::PaymentProcessing);
+    h.clock.advance(Duration::from_millis(60_001));
+    let deadline = Instant::now() + SETTLE;
+    loop {
+        let order = h.read(id).await;
+        if order.status == OrderStatus::PendingPayment {
+            assert!(order.notes().last_payment_error.is_some());
+            break;
+        }
+        assert!(Instant::now() < deadline, "the retry never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    h.engine.shutdown().await;
+}

@@ -71,7 +71,7 @@ impl Engine {
         let arbiters: Vec<Arbiter> = (0..settings.arbiter_count())
             .map(|_| Arbiter::new())
             .collect();
-        let gateways = Gateways::start(settings);
+        let gateways = Gateways::start_with_clock(settings, Arc::clone(&clock));
         let limits = ShardLimits::from_settings(settings);
         let policy = settings.orders.policy();
         let timer_rate = Arc::new(shard::FireRate::new(settings.timers.catch_up_per_s_max));
