@@ -932,6 +932,52 @@ mod tests {
             .collect()
     }
 
+    fn file_error(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("orderly.toml");
+        std::fs::write(&path, text).unwrap();
+        match Settings::load(Some(&path), std::iter::empty()) {
+            Ok(_) => panic!("{text:?} was accepted"),
+            Err(error) => error.to_string(),
+        }
+    }
+
+    #[test]
+    fn timer_settings_are_checked_with_the_key_named() {
+        let old = file_error("[orders]\npayment_reminder_after_ms = 900000\n");
+        assert!(old.contains("orders.payment_reminder_after_ms"), "{old}");
+        assert!(old.contains("orders.payment_reminders_after_ms"), "{old}");
+        let negative = file_error("[orders]\npayment_reminders_after_ms = [-5]\n");
+        assert!(
+            negative.contains("orders.payment_reminders_after_ms"),
+            "{negative}"
+        );
+        let scalar = file_error("[orders]\npayment_reminders_after_ms = 900000\n");
+        assert!(
+            scalar.contains("orders.payment_reminders_after_ms"),
+            "{scalar}"
+        );
+        let unordered = file_error("[orders]\npayment_reminders_after_ms = [2000, 1000]\n");
+        assert!(unordered.contains("ascending"), "{unordered}");
+        let expiry = file_error("[orders]\nunpaid_expiry_after_ms = -1\n");
+        assert!(expiry.contains("orders.unpaid_expiry_after_ms"), "{expiry}");
+        let poll = file_error("[timers]\npoll_interval_ms = 0\n");
+        assert!(poll.contains("timers.poll_interval_ms"), "{poll}");
+        let rate = file_error("[timers]\ncatch_up_per_s_max = 0\n");
+        assert!(rate.contains("timers.catch_up_per_s_max"), "{rate}");
+        // Off is fine.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("off.toml");
+        std::fs::write(
+            &path,
+            "[orders]\npayment_reminders_after_ms = []\nunpaid_expiry_after_ms = 0\n\
+             auto_complete_after_ms = 0\nship_sla_ms = 0\n",
+        )
+        .unwrap();
+        let off = Settings::load(Some(&path), std::iter::empty()).unwrap();
+        assert_eq!(off.orders.policy(), crate::domain::OrderPolicy::no_timers());
+    }
+
     #[test]
     fn embedded_default_is_memory() {
         let settings = Settings::embedded_default().unwrap();

@@ -6,7 +6,7 @@ use clap::Parser;
 // glibc malloc spent ~25% of CPU in arena locks and consolidation in the demo profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use orderly::cli::{demo, events, inspect, serve, Cli, CliCommand};
+use orderly::cli::{admin, demo, events, inspect, serve, Cli, CliCommand};
 
 /// mimalloc's `mi_option_purge_delay` (see its `mimalloc.h`; the Rust bindings name no
 /// constant for it).
@@ -44,6 +44,7 @@ fn main() -> anyhow::Result<()> {
             }
             CliCommand::Inspect(args) => inspect::run(args).await,
             CliCommand::Events(args) => events::run(args).await,
+            CliCommand::Admin(args) => admin::run(args).await,
         }
     })
 }

@@ -184,6 +184,12 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
                 WEBHOOK_SECONDS_BUCKETS,
             )
         })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                Matcher::Full(TIMER_LAG_SECONDS.to_string()),
+                TIMER_LAG_BUCKETS,
+            )
+        })
         .map_err(|e| e.to_string())?
         .build_recorder();
     let handle = recorder.handle();
@@ -191,6 +197,7 @@ pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHan
     describe();
     describe_payments();
     describe_outbox();
+    describe_timers();
     Ok(handle)
 }
 
@@ -707,4 +714,93 @@ impl WebhookMetrics {
     pub(crate) fn disabled(&self, disabled: bool) {
         self.disabled.set(if disabled { 1.0 } else { 0.0 });
     }
+}
+
+/// Durable timers fired, by `timer` (the command verb: `remind`, `expire`, `auto_complete`,
+/// `ship_sla`) and `outcome` (`fired`, `refused`: the domain refused it; its entry was removed
+/// and the order's next transition re-arms it).
+pub const TIMERS_FIRED_TOTAL: &str = "orderly_timers_fired_total";
+/// Lag from a timer's due time to its firing.
+pub const TIMER_LAG_SECONDS: &str = "orderly_timer_lag_seconds";
+/// Stale timer index entries corrected (the order's next timer had moved later or gone).
+pub const TIMERS_REINDEXED_TOTAL: &str = "orderly_timers_reindexed_total";
+/// Entries in the timer indexes of the shards this node owns.
+pub const TIMERS_ARMED: &str = "orderly_timers_armed";
+/// Of those, entries already due (the backlog the catch-up rate works through).
+pub const TIMERS_OVERDUE: &str = "orderly_timers_overdue";
+/// Due timers left for a later poll because the node's catch-up rate was spent.
+pub const TIMERS_THROTTLED_TOTAL: &str = "orderly_timers_throttled_total";
+
+/// Buckets for timer lag, seconds (10 ms .. 1 h: a catch-up after an outage lags by minutes).
+pub const TIMER_LAG_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+/// The timer verbs, for labels that start at zero.
+const TIMER_VERBS: [&str; 4] = ["remind", "expire", "auto_complete", "ship_sla"];
+
+pub(crate) fn describe_timers() {
+    describe_counter!(
+        TIMERS_FIRED_TOTAL,
+        Unit::Count,
+        "Durable timers fired, by timer (remind, expire, auto_complete, ship_sla) and outcome (fired, refused)."
+    );
+    describe_histogram!(
+        TIMER_LAG_SECONDS,
+        Unit::Seconds,
+        "Lag from a timer's due time to its firing, by timer."
+    );
+    describe_counter!(
+        TIMERS_REINDEXED_TOTAL,
+        Unit::Count,
+        "Stale timer index entries moved to the order's next timer or removed."
+    );
+    describe_gauge!(
+        TIMERS_ARMED,
+        Unit::Count,
+        "Timer index entries in the shards this node owns."
+    );
+    describe_gauge!(
+        TIMERS_OVERDUE,
+        Unit::Count,
+        "Timer index entries already due in the shards this node owns."
+    );
+    describe_counter!(
+        TIMERS_THROTTLED_TOTAL,
+        Unit::Count,
+        "Due timers left for a later poll because the catch-up rate was spent."
+    );
+    for timer in TIMER_VERBS {
+        for outcome in ["fired", "refused"] {
+            counter!(TIMERS_FIRED_TOTAL, "timer" => timer, "outcome" => outcome).increment(0);
+        }
+    }
+    counter!(TIMERS_REINDEXED_TOTAL).increment(0);
+    counter!(TIMERS_THROTTLED_TOTAL).increment(0);
+    gauge!(TIMERS_ARMED).set(0.0);
+    gauge!(TIMERS_OVERDUE).set(0.0);
+}
+
+/// Records one timer firing and its lag.
+pub(crate) fn record_timer_fired(timer: &'static str, outcome: &'static str, lag_seconds: f64) {
+    counter!(TIMERS_FIRED_TOTAL, "timer" => timer, "outcome" => outcome).increment(1);
+    if outcome == "fired" {
+        histogram!(TIMER_LAG_SECONDS, "timer" => timer).record(lag_seconds);
+    }
+}
+
+/// Records a stale timer index entry corrected.
+pub(crate) fn record_timer_reindexed() {
+    counter!(TIMERS_REINDEXED_TOTAL).increment(1);
+}
+
+/// Records due timers left for a later poll.
+pub(crate) fn record_timers_throttled(n: u64) {
+    counter!(TIMERS_THROTTLED_TOTAL).increment(n);
+}
+
+/// Records the change of one shard's timer index sizes (the gauges sum every owned shard).
+pub(crate) fn record_timer_counts_delta(armed: f64, overdue: f64) {
+    gauge!(TIMERS_ARMED).increment(armed);
+    gauge!(TIMERS_OVERDUE).increment(overdue);
 }

@@ -50,6 +50,15 @@ pub struct AttemptView {
     pub amount: AmountView,
 }
 
+/// A durable timer the order has armed.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct TimerView {
+    /// `payment_reminder`, `unpaid_expiry`, `auto_complete` or `ship_sla`.
+    pub timer: &'static str,
+    /// When it fires, ms since the epoch.
+    pub due_at_ms: i64,
+}
+
 /// An order as returned by the API and the CLI.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct OrderView {
@@ -88,6 +97,9 @@ pub struct OrderView {
     pub created_at_ms: i64,
     /// Last change, ms since the epoch.
     pub updated_at_ms: i64,
+    /// Armed durable timers, earliest first (reminders and unpaid expiry wait while a
+    /// payment attempt is live).
+    pub timers: Vec<TimerView>,
 }
 
 impl From<&Order> for OrderView {
@@ -134,6 +146,17 @@ impl From<&Order> for OrderView {
             reason: notes.reason.as_deref().map(str::to_string),
             created_at_ms: header.created_at.0,
             updated_at_ms: order.updated_at.0,
+            timers: {
+                let mut timers: Vec<TimerView> = crate::domain::armed_timers(order)
+                    .into_iter()
+                    .map(|(kind, at)| TimerView {
+                        timer: kind.as_str(),
+                        due_at_ms: at.0,
+                    })
+                    .collect();
+                timers.sort_by_key(|t| t.due_at_ms);
+                timers
+            },
         }
     }
 }

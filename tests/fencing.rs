@@ -83,6 +83,7 @@ fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
                 .as_bytes(),
         ),
         payments_index: Default::default(),
+        timer: Default::default(),
     }
 }
 

@@ -1,7 +1,9 @@
 //! The `orderly` command line: `serve` runs the engine behind its HTTP edge; `demo` runs orders
 //! through their whole lifecycle in-process and reports throughput and latency; `inspect` prints
-//! one stored order; `events` prints the outbox as NDJSON.
+//! one stored order; `events` prints the outbox as NDJSON; `admin reindex` rebuilds a store's
+//! indexes.
 
+pub mod admin;
 pub mod demo;
 pub mod events;
 pub mod inspect;
@@ -69,4 +71,6 @@ pub enum CliCommand {
     Inspect(inspect::InspectArgs),
     /// Print the outbox events as NDJSON (`--follow` to keep printing new ones).
     Events(events::EventsArgs),
+    /// Store maintenance (`admin reindex`: rebuild the timer and payments indexes).
+    Admin(admin::AdminArgs),
 }

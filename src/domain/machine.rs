@@ -49,18 +49,18 @@ impl OrderPolicy {
     }
 
     /// The reminder to arm from schedule position `from` on, for an order placed at
-    /// `created_at`: its due time (0: the schedule is over) and position. Every reminder
-    /// already overdue at `now` but the last of them is skipped, so after an outage the
-    /// customer gets one reminder, not a burst.
+    /// `created_at`: its due time (0: the schedule is over) and position. Reminders already
+    /// overdue at `now` are skipped, so after an outage the customer gets the one reminder
+    /// that fired, not a burst of every missed one.
     fn next_reminder(&self, created_at: Timestamp, from: u8, now: Timestamp) -> (Timestamp, u8) {
         let offsets = &self.payment_reminders_after_ms;
         let mut index = usize::from(from);
-        while index + 1 < offsets.len() && created_at.plus_ms(offsets[index + 1]) <= now {
+        while index < offsets.len() && created_at.plus_ms(offsets[index]) <= now {
             index += 1;
         }
         match offsets.get(index) {
             Some(&offset) if offset > 0 => (created_at.plus_ms(offset), index as u8),
-            _ => (Timestamp(0), index as u8),
+            _ => (Timestamp(0), index.min(usize::from(u8::MAX)) as u8),
         }
     }
 }
@@ -93,14 +93,14 @@ pub fn next_due(order: &Order) -> Option<Timestamp> {
     armed_timers(order).iter().map(|(_, at)| *at).min()
 }
 
-/// The commands of the timers due at `now`, earliest first (expiry after a reminder due at
-/// the same time, so the reminder is not lost to the expiry).
+/// The commands of the timers due at `now`: an unpaid expiry first (a reminder for an order
+/// that expires now would be moot), then earliest first.
 pub fn due_commands(order: &Order, now: Timestamp) -> SmallVec<[Command; 2]> {
     let mut due: SmallVec<[(TimerKind, Timestamp); 2]> = armed_timers(order)
         .into_iter()
         .filter(|(_, at)| *at <= now)
         .collect();
-    due.sort_by_key(|(kind, at)| (*at, *kind == TimerKind::UnpaidExpiry));
+    due.sort_by_key(|(kind, at)| (*kind != TimerKind::UnpaidExpiry, *at));
     due.into_iter().map(|(kind, _)| kind.command()).collect()
 }
 

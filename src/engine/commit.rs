@@ -11,7 +11,7 @@ use super::messages::{CommandResult, EngineError};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::gateway::GatewayJob;
 use crate::store::outbox::OutboxEvents;
-use crate::store::{IndexChange, SnapshotWrite};
+use crate::store::{IndexChange, SnapshotWrite, TimerChange};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
@@ -22,6 +22,8 @@ pub(crate) struct PendingWrite {
     /// and after this write: the store's index of such orders follows it.
     pub(crate) live_before: bool,
     pub(crate) live_after: bool,
+    /// How the shard's timer index follows this write.
+    pub(crate) timer: TimerChange,
 }
 
 /// What an order actor produced for one request: the answer to give once the write (if any)
@@ -65,6 +67,10 @@ pub(crate) enum PendingReply {
         collector: Rc<RefCell<BatchCollector>>,
         index: u32,
     },
+    /// A timer fire the shard itself started (`ShardCore::resolve` handles it).
+    Timer {
+        order_id: OrderId,
+    },
 }
 
 impl PendingReply {
@@ -74,6 +80,7 @@ impl PendingReply {
                 // The caller may have given up waiting; the command is durable either way.
                 let _ = tx.send(result);
             }
+            PendingReply::Timer { .. } => {}
             PendingReply::Many { collector, index } => {
                 let mut collector = collector.borrow_mut();
                 collector.results.push((index, result));
@@ -116,10 +123,14 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
         };
         match by_order.get(&entry.order_id) {
             Some(&(i, live_before)) => {
-                // Versions grow by one per applied command, also within a batch.
+                // Versions grow by one per applied command, also within a batch (a rewrite
+                // of the timer index entry keeps the version).
                 debug_assert_eq!(write.expected_version, writes[i].version);
                 writes[i].version = write.version;
                 writes[i].bytes = write.bytes;
+                if write.timer != TimerChange::Unchanged {
+                    writes[i].timer = write.timer;
+                }
                 writes[i].events.append(&mut entry.events);
                 writes[i].payments_index = IndexChange::between(live_before, write.live_after);
                 write_of_entry.push(Some(i));
@@ -127,13 +138,14 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
             None => {
                 by_order.insert(entry.order_id, (writes.len(), write.live_before));
                 write_of_entry.push(Some(writes.len()));
-                debug_assert_eq!(write.expected_version + 1, write.version);
+                debug_assert!(write.version - write.expected_version <= 1);
                 writes.push(SnapshotWrite {
                     order_id: entry.order_id,
                     version: write.version,
                     bytes: write.bytes,
                     events: std::mem::take(&mut entry.events),
                     payments_index: IndexChange::between(write.live_before, write.live_after),
+                    timer: write.timer,
                 });
             }
         }

@@ -116,6 +116,8 @@ pub(crate) enum Work {
     /// Resume gateway work after a restart: query the live attempt's real outcome and re-send
     /// a pending refund (same idempotency key), never charge blindly.
     Resume,
+    /// The order's timer index entry came due: fire what is due, or correct the entry.
+    FireTimers,
 }
 
 /// Who produced a command: gateway verdicts are re-delivered if their write fails, since no

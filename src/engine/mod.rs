@@ -58,12 +58,23 @@ impl Engine {
     /// current arbiter. Each shard then resumes the orders its store index lists with a live
     /// payment attempt or refund (after a crash): attempts are queried, never charged again.
     pub fn start(settings: &Settings, store: Arc<dyn SnapshotStore>) -> Engine {
+        Engine::start_with_clock(settings, store, crate::clock::SystemClock::shared())
+    }
+
+    /// Starts the engine on `clock` (business time: the domain's `now`, timers, gateway
+    /// backoff). Tests pass a [`crate::clock::ManualClock`].
+    pub fn start_with_clock(
+        settings: &Settings,
+        store: Arc<dyn SnapshotStore>,
+        clock: crate::clock::SharedClock,
+    ) -> Engine {
         let arbiters: Vec<Arbiter> = (0..settings.arbiter_count())
             .map(|_| Arbiter::new())
             .collect();
-        let gateways = Gateways::start(settings);
+        let gateways = Gateways::start_with_clock(settings, Arc::clone(&clock));
         let limits = ShardLimits::from_settings(settings);
         let policy = settings.orders.policy();
+        let timer_rate = Arc::new(shard::FireRate::new(settings.timers.catch_up_per_s_max));
         let mailbox = settings.engine.shard_mailbox_capacity;
         // Distinguishes this engine's commit groups from another engine's on the same thread.
         static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -79,9 +90,14 @@ impl Engine {
                 let gateways = gateways.clone();
                 let owner = owner.clone();
                 let policy = policy.clone();
+                let clock = Arc::clone(&clock);
+                let timer_rate = Arc::clone(&timer_rate);
                 ShardActor::start_in_arbiter(&arbiter.handle(), move |ctx| {
                     ctx.set_mailbox_capacity(mailbox);
-                    ShardActor::new(engine_id, shard, store, gateways, policy, limits, &owner)
+                    ShardActor::new(
+                        engine_id, shard, store, gateways, policy, limits, &owner, clock,
+                        timer_rate,
+                    )
                 })
             })
             .collect();

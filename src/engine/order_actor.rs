@@ -12,10 +12,12 @@ use super::commit::{CommitEntry, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work};
 use super::shard::ShardCore;
 use crate::domain::{
-    apply, AttemptStatus, Command, Effect, Order, OrderId, PaymentMethod, Rejection,
+    apply, armed_timers, due_commands, next_due, AttemptStatus, Command, CommandEnvelope, Effect,
+    Order, OrderId, PaymentMethod, Rejection, Timestamp,
 };
 use crate::gateway::{GatewayJob, JobKind, DETACHED};
-use crate::store::{snapshot, StoreError};
+use crate::store::{snapshot, StoreError, TimerChange};
+use crate::telemetry;
 
 /// The actor's copy of its order. Hot (decoded, shared with answers) while it can still change;
 /// cold (its ~200-byte snapshot instead of ~600 bytes of structs) once settled, because a settled
@@ -157,6 +159,7 @@ impl OrderActor {
         };
         let request = match work {
             Work::Resume => return self.resume(token, current_order),
+            Work::FireTimers => return self.fire_timers(token, current_order),
             Work::Request(request) => request,
         };
         let envelope = match request {
@@ -172,6 +175,20 @@ impl OrderActor {
             }
             Request::Command(envelope) => envelope,
         };
+        self.apply_command(token, forwarded, origin, current_order, envelope, false)
+    }
+
+    /// Applies one command; `exact_index` sets the order's timer index entry to exactly its
+    /// next timer (after a timer fired), instead of only moving it earlier.
+    fn apply_command(
+        &mut self,
+        token: usize,
+        forwarded: bool,
+        origin: Origin,
+        current_order: Option<Arc<Order>>,
+        envelope: CommandEnvelope,
+        exact_index: bool,
+    ) -> CommitEntry {
         let now = self.core.now();
         let policy = &self.core.policy;
         let current = current_order.as_deref();
@@ -179,9 +196,14 @@ impl OrderActor {
         // A panic inside the pure domain or the codec is a bug; catch it here so it costs one
         // answer and a reload, never the arbiter thread and its other orders.
         let applied = catch_unwind(AssertUnwindSafe(|| {
-            apply(current, id, &envelope, now, policy).map(|applied| {
+            apply(current, id, &envelope, now, policy).map(|mut applied| {
+                let timer = if applied.duplicate {
+                    TimerChange::Unchanged
+                } else {
+                    index_timer(&mut applied.order, exact_index)
+                };
                 let bytes = (!applied.duplicate).then(|| snapshot::encode(&applied.order));
-                (applied, bytes)
+                (applied, bytes, timer)
             })
         }));
         let verb = envelope.command.verb();
@@ -198,7 +220,7 @@ impl OrderActor {
             Ok(Err(rejection)) => {
                 self.entry(token, forwarded, Err(EngineError::Rejected(rejection)))
             }
-            Ok(Ok((applied, None))) => {
+            Ok(Ok((applied, None, _))) => {
                 let order = match &current_order {
                     Some(current) => Arc::clone(current),
                     None => Arc::new(applied.order),
@@ -224,7 +246,7 @@ impl OrderActor {
                 }
                 entry
             }
-            Ok(Ok((applied, Some(bytes)))) => {
+            Ok(Ok((applied, Some(bytes), timer))) => {
                 let expected_version = current_order.as_ref().map_or(0, |o| o.version);
                 let mut entry = self.entry(token, forwarded, Err(EngineError::Stopped));
                 entry.write = Some(PendingWrite {
@@ -233,6 +255,7 @@ impl OrderActor {
                     bytes,
                     live_before: current.is_some_and(has_gateway_work),
                     live_after: has_gateway_work(&applied.order),
+                    timer,
                 });
                 if let Origin::Gateway { redeliveries } = origin {
                     entry.redeliver = Some((envelope.clone(), redeliveries));
@@ -291,6 +314,99 @@ impl OrderActor {
 }
 
 impl OrderActor {
+    /// A timer index entry of this order came due: fire the order's earliest due timer as its
+    /// command, or, when nothing is due (the entry was stale: the timer moved later or went
+    /// away), move the entry to the order's next timer or remove it. Each fire commits with
+    /// the entry moved on, so an entry is never fired twice for the same due time, and a
+    /// refused command removes the entry (the next transition re-arms it) instead of retrying.
+    fn fire_timers(&mut self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
+        let Some(order) = current else {
+            let rejected = Err(EngineError::Rejected(Rejection::OrderNotFound(self.id)));
+            let mut entry = self.entry(token, false, rejected);
+            entry.verb = "timer";
+            return entry;
+        };
+        let now = self.core.now();
+        if let Some(command) = due_commands(&order, now).into_iter().next() {
+            let due_at = armed_timers(&order)
+                .iter()
+                .filter(|(kind, _)| kind.command() == command)
+                .map(|(_, at)| *at)
+                .min()
+                .unwrap_or(now);
+            let kind = command.verb();
+            let envelope = CommandEnvelope::new(command);
+            let entry = self.apply_command(
+                token,
+                false,
+                Origin::Client,
+                Some(Arc::clone(&order)),
+                envelope,
+                true,
+            );
+            match &entry.result {
+                Err(EngineError::Rejected(_)) => {
+                    telemetry::record_timer_fired(kind, "refused", 0.0);
+                    return self.reindex(token, &order, true);
+                }
+                _ => telemetry::record_timer_fired(
+                    kind,
+                    "fired",
+                    (now.0 - due_at.0).max(0) as f64 / 1000.0,
+                ),
+            }
+            return entry;
+        }
+        self.reindex(token, &order, false)
+    }
+
+    /// Rewrites the order's timer index entry to exactly its next timer (or removes it; with
+    /// `remove` always). The snapshot is written again with the same version, since it
+    /// records what the index holds.
+    fn reindex(&mut self, token: usize, order: &Arc<Order>, remove: bool) -> CommitEntry {
+        let mut next = (**order).clone();
+        let timer = if remove {
+            if next.timer_indexed_at.0 == 0 {
+                TimerChange::Unchanged
+            } else {
+                next.timer_indexed_at = Timestamp(0);
+                TimerChange::Remove
+            }
+        } else {
+            index_timer(&mut next, true)
+        };
+        let outcome = |order: Arc<Order>| {
+            Ok(CommandOutcome {
+                order,
+                duplicate: true,
+            })
+        };
+        if timer == TimerChange::Unchanged {
+            let mut entry = self.entry(token, false, outcome(Arc::clone(order)));
+            entry.verb = "timer";
+            return entry;
+        }
+        telemetry::record_timer_reindexed();
+        let bytes = snapshot::encode(&next);
+        let mut entry = self.entry(token, false, Err(EngineError::Stopped));
+        entry.verb = "timer";
+        let live = has_gateway_work(&next);
+        entry.write = Some(PendingWrite {
+            expected_version: next.version,
+            version: next.version,
+            bytes,
+            live_before: live,
+            live_after: live,
+            timer,
+        });
+        entry.exists = true;
+        entry.settled = next.is_settled();
+        let next = Arc::new(next);
+        entry.result = outcome(Arc::clone(&next));
+        self.order = OrderState::from_order(next, entry.write.as_ref().map(|w| &w.bytes[..]));
+        entry
+    }
+
     /// Resumes an order's gateway work after a restart: its live attempt is queried (never
     /// charged again blindly) and its pending refund re-sent under the same key.
     fn resume(&self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
@@ -366,6 +482,27 @@ impl Handler<Reload> for OrderActor {
 
 /// Whether the order has gateway work in flight: a live payment attempt or a pending refund.
 /// Such orders are kept in the store's index that a restarted engine resumes from.
+/// Keeps the shard's timer index in step with `order` after a change, and records in the
+/// order what the index will hold. The entry only ever moves earlier here (an order whose next
+/// timer moved later keeps its earlier entry, corrected when that comes due), and is removed
+/// once the order settled, when it can never have a timer again: so a typical lifecycle writes
+/// the index twice. With `exact` the entry is set to exactly the next timer (after a fire).
+fn index_timer(order: &mut Order, exact: bool) -> TimerChange {
+    let indexed = order.timer_indexed_at;
+    let change = match next_due(order) {
+        Some(due) if exact && due != indexed => TimerChange::Set(due),
+        Some(due) if indexed.0 == 0 || due < indexed => TimerChange::Set(due),
+        None if indexed.0 != 0 && (exact || order.is_settled()) => TimerChange::Remove,
+        _ => TimerChange::Unchanged,
+    };
+    match change {
+        TimerChange::Set(due) => order.timer_indexed_at = due,
+        TimerChange::Remove => order.timer_indexed_at = Timestamp(0),
+        TimerChange::Unchanged => {}
+    }
+    change
+}
+
 fn has_gateway_work(order: &Order) -> bool {
     order.live_attempt().is_some() || order.pending_refund().is_some()
 }

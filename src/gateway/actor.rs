@@ -39,8 +39,9 @@ use super::port::{
 use super::reply::{GatewayReply, ReplySender, Verdict, VerdictFact, DETACHED};
 use super::retry::{jitter_unit, Backoff};
 use super::{GatewayJob, GatewayWork, JobKind};
+use crate::clock::SharedClock;
 use crate::config::{GatewaySettings, PaymentSettings};
-use crate::domain::{OrderId, PaymentResult, RefundResult};
+use crate::domain::{OrderId, PaymentResult, RefundResult, Timestamp};
 use crate::telemetry::GatewayMetrics;
 
 /// Most sleeps one call spends waiting for a rate-limit token (each at least 1 ms, and all
@@ -107,7 +108,9 @@ struct GatewayCore {
     breaker: RefCell<CircuitBreaker>,
     bucket: Option<RefCell<TokenBucket>>,
     permits: Semaphore,
-    origin: Instant,
+    /// The engine's clock: backoff, the breaker's open period and the rate limit read it.
+    clock: SharedClock,
+    origin: Timestamp,
     stats: RefCell<GatewayStats>,
     /// Call outcomes since the last flush: (operation, outcome, count).
     tally: RefCell<Vec<(&'static str, &'static str, u64)>>,
@@ -124,7 +127,7 @@ enum JobEnd {
 
 impl GatewayCore {
     fn now_ms(&self) -> u64 {
-        self.origin.elapsed().as_millis() as u64
+        (self.clock.now().0 - self.origin.0).max(0) as u64
     }
 
     fn count(&self, f: impl FnOnce(&mut GatewayStats)) {
@@ -184,7 +187,7 @@ impl GatewayCore {
                         break;
                     }
                     Err(wait) if Instant::now() + wait <= deadline => {
-                        tokio::time::sleep(wait).await;
+                        self.clock.sleep(wait).await;
                     }
                     Err(_) => break,
                 }
@@ -217,12 +220,15 @@ impl GatewayCore {
     }
 
     /// Sleeps before retry `retry` of `policy` if the budget allows; false when it does not.
-    async fn backoff(&self, policy: &Backoff, tries_done: u32, started: Instant) -> bool {
+    /// Backoff reads the time and sleeps on the engine's clock, so its rules are tested
+    /// without real sleeping.
+    async fn backoff(&self, policy: &Backoff, tries_done: u32, since: Timestamp) -> bool {
         let delay = policy.delay(tries_done.saturating_sub(1), jitter_unit());
-        if !policy.allows(tries_done, started.elapsed(), delay) {
+        let elapsed = Duration::from_millis((self.clock.now().0 - since.0).max(0) as u64);
+        if !policy.allows(tries_done, elapsed, delay) {
             return false;
         }
-        tokio::time::sleep(delay).await;
+        self.clock.sleep(delay).await;
         true
     }
 
@@ -235,7 +241,7 @@ impl GatewayCore {
             currency: job.currency,
             method: job.method.as_str(),
         };
-        let started = Instant::now();
+        let since = self.clock.now();
         let mut tries = 0;
         loop {
             tries += 1;
@@ -307,7 +313,7 @@ impl GatewayCore {
                             "not_sent"
                         },
                     );
-                    if !self.backoff(&self.retry, tries, started).await {
+                    if !self.backoff(&self.retry, tries, since).await {
                         self.count(|s| s.not_sent += 1);
                         return PaymentResult::FailedNotSent {
                             reason: error.to_string(),
@@ -330,7 +336,7 @@ impl GatewayCore {
         reply_to: &ReplySender,
     ) -> PaymentResult {
         let key = format!("{}:{attempt_no}", job.order_id);
-        let started = Instant::now();
+        let since = self.clock.now();
         let mut queries = 0;
         loop {
             queries += 1;
@@ -371,7 +377,7 @@ impl GatewayCore {
                 Ok(QueryReply::Pending) => self.tally("query", "pending"),
                 Err(error) => self.tally("query", error.label()),
             }
-            if !self.backoff(&self.sync, queries, started).await {
+            if !self.backoff(&self.sync, queries, since).await {
                 break;
             }
         }
@@ -386,7 +392,7 @@ impl GatewayCore {
                 last: false,
             }]));
         }
-        let started = Instant::now();
+        let since = self.clock.now();
         let mut last_error = String::new();
         for tries in 1..=self.reverse_attempts_max {
             match self.call(|g| g.reverse(key.clone())).await {
@@ -405,8 +411,7 @@ impl GatewayCore {
                     last_error = error.to_string();
                 }
             }
-            if tries == self.reverse_attempts_max
-                || !self.backoff(&self.retry, tries, started).await
+            if tries == self.reverse_attempts_max || !self.backoff(&self.retry, tries, since).await
             {
                 break;
             }
@@ -426,7 +431,7 @@ impl GatewayCore {
             amount_minor: job.amount_minor,
             currency: job.currency,
         };
-        let started = Instant::now();
+        let since = self.clock.now();
         let mut tries = 0;
         let mut maybe_sent = false;
         let mut last_error;
@@ -466,7 +471,7 @@ impl GatewayCore {
             // While the outcome may be unknown, re-sending the same key is the query: keep at
             // it for the sync window. A refund that was never sent has the retry budget.
             let policy = if maybe_sent { &self.sync } else { &self.retry };
-            if !self.backoff(policy, tries, started).await {
+            if !self.backoff(policy, tries, since).await {
                 break;
             }
             if class == FailureClass::NotSent {
@@ -569,6 +574,7 @@ impl GatewayActor {
         port: Arc<dyn Gateway>,
         payments: &PaymentSettings,
         limits: Option<&GatewaySettings>,
+        clock: SharedClock,
     ) -> GatewayActor {
         let concurrency = limits
             .map_or(1024, |l| l.concurrency_max)
@@ -589,7 +595,8 @@ impl GatewayActor {
                 breaker: RefCell::new(CircuitBreaker::from_settings(&payments.breaker)),
                 bucket,
                 permits: Semaphore::new(concurrency),
-                origin: Instant::now(),
+                origin: clock.now(),
+                clock,
                 stats: RefCell::new(GatewayStats {
                     gateway: name.to_string(),
                     ..GatewayStats::default()

@@ -180,6 +180,11 @@ impl Gateways {
     /// Starts one actor per gateway that a payment method is routed to, on the current
     /// arbiter (gateway I/O is async, so they share it without blocking each other).
     pub fn start(settings: &Settings) -> Gateways {
+        Gateways::start_with_clock(settings, crate::clock::SystemClock::shared())
+    }
+
+    /// Starts the gateway actors on `clock` (their backoff, breaker and rate limit read it).
+    pub fn start_with_clock(settings: &Settings, clock: crate::clock::SharedClock) -> Gateways {
         crate::telemetry::describe_payments();
         let mut all: Vec<(String, Addr<GatewayActor>)> = Vec::new();
         let by_method = PaymentMethod::ALL.map(|method| {
@@ -189,7 +194,8 @@ impl Gateways {
             }
             let port = build_port(settings, name);
             let limits = settings.gateways.get(name);
-            let addr = GatewayActor::new(name, port, &settings.payments, limits).start();
+            let addr =
+                GatewayActor::new(name, port, &settings.payments, limits, clock.clone()).start();
             all.push((name.to_string(), addr.clone()));
             addr
         });

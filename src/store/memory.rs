@@ -8,8 +8,11 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::{self, BoxFuture, FutureExt};
 
-use super::{IndexChange, Lease, LeaseOwner, ShardBatch, ShardWriter, SnapshotStore, StoreError};
-use crate::domain::OrderId;
+use super::{
+    DueTimer, IndexChange, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore,
+    StoreError, StoredSnapshot, TimerChange, TimerCounts,
+};
+use crate::domain::{OrderId, Timestamp};
 
 /// One shard: snapshots by order, the index of orders with live gateway work (ordered, so a
 /// scan can resume after the last id it returned), and the shard's lease.
@@ -17,6 +20,9 @@ use crate::domain::OrderId;
 struct ShardMap {
     orders: HashMap<OrderId, Vec<u8>, ahash::RandomState>,
     live_payments: BTreeSet<OrderId>,
+    /// The timer index: entries ordered by due time, and each order's entry.
+    timers: BTreeSet<(Timestamp, OrderId)>,
+    timer_of: HashMap<OrderId, Timestamp, ahash::RandomState>,
     /// The last token handed out (the `epoch` counter): only grows.
     epoch: u64,
     lease: Option<HeldLease>,
@@ -205,6 +211,20 @@ impl MemoryShardWriter {
                         map.live_payments.remove(&write.order_id);
                     }
                 }
+                match write.timer {
+                    TimerChange::Unchanged => {}
+                    TimerChange::Set(due) => {
+                        if let Some(old) = map.timer_of.insert(write.order_id, due) {
+                            map.timers.remove(&(old, write.order_id));
+                        }
+                        map.timers.insert((due, write.order_id));
+                    }
+                    TimerChange::Remove => {
+                        if let Some(old) = map.timer_of.remove(&write.order_id) {
+                            map.timers.remove(&(old, write.order_id));
+                        }
+                    }
+                }
                 map.orders.insert(write.order_id, write.bytes);
             }
         }
@@ -288,5 +308,72 @@ impl SnapshotStore for MemoryStore {
             ids.last().map_or(0, |id| id.as_uuid().as_u128())
         };
         future::ready(Ok((next, ids))).boxed()
+    }
+
+    fn due_timers(
+        &self,
+        shard: u32,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<DueTimer>, StoreError>> {
+        let map = self.inner.shard(shard);
+        let due = map
+            .timers
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(limit)
+            .map(|&(due_at, order_id)| DueTimer { order_id, due_at })
+            .collect();
+        future::ready(Ok(due)).boxed()
+    }
+
+    fn timer_counts(
+        &self,
+        shard: u32,
+        now: Timestamp,
+    ) -> BoxFuture<'static, Result<TimerCounts, StoreError>> {
+        let map = self.inner.shard(shard);
+        let overdue = map
+            .timers
+            .range(..=(now, OrderId::from_u128(u128::MAX)))
+            .count() as u64;
+        let counts = TimerCounts {
+            armed: map.timers.len() as u64,
+            overdue,
+        };
+        future::ready(Ok(counts)).boxed()
+    }
+
+    fn scan_snapshots(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> BoxFuture<'static, Result<ScanPage<StoredSnapshot>, StoreError>> {
+        // The cursor is `shard << 32 | position` within the shard's map.
+        let (mut shard, mut skip) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+        let mut page = Vec::new();
+        while shard < self.inner.shards.len() && page.len() < count.max(1) {
+            let map = self.inner.shard(shard as u32);
+            let take = count.max(1) - page.len();
+            let before = page.len();
+            page.extend(map.orders.iter().skip(skip).take(take).map(|(id, bytes)| {
+                StoredSnapshot {
+                    shard: shard as u32,
+                    order_id: *id,
+                    bytes: bytes.clone(),
+                }
+            }));
+            skip += page.len() - before;
+            if skip >= map.orders.len() {
+                shard += 1;
+                skip = 0;
+            }
+        }
+        let next = if shard >= self.inner.shards.len() {
+            0
+        } else {
+            ((shard as u64) << 32) | skip as u64
+        };
+        future::ready(Ok((next, page))).boxed()
     }
 }

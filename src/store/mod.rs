@@ -10,6 +10,7 @@
 pub mod memory;
 pub mod outbox;
 pub mod redis;
+pub mod reindex;
 mod resp;
 pub mod snapshot;
 
@@ -34,6 +35,55 @@ pub struct SnapshotWrite {
     /// How this write changes the shard's index of orders with live gateway work (a live
     /// payment attempt or a pending refund), applied atomically with the snapshot.
     pub payments_index: IndexChange,
+    /// How this write changes the shard's durable timer index, applied atomically with the
+    /// snapshot.
+    pub timer: TimerChange,
+}
+
+/// A change to a shard's durable timer index: per order, one entry scored by a due time no
+/// later than the order's earliest armed timer (see `crate::engine` timers). A sorted set
+/// `<prefix>:{<shard>}:timers` on Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum TimerChange {
+    /// No change.
+    #[default]
+    Unchanged,
+    /// The order's entry is now due at this time.
+    Set(crate::domain::Timestamp),
+    /// The order has no entry any more.
+    Remove,
+}
+
+/// One stored snapshot, as a scan of the whole store returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSnapshot {
+    /// The order's shard.
+    pub shard: u32,
+    /// The order.
+    pub order_id: OrderId,
+    /// Its snapshot bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A page of a scan: the next cursor (0: done) and the items.
+pub type ScanPage<T> = (u64, Vec<T>);
+
+/// One entry of a shard's timer index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DueTimer {
+    /// The order.
+    pub order_id: OrderId,
+    /// When the entry is due.
+    pub due_at: crate::domain::Timestamp,
+}
+
+/// The size of a shard's timer index now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TimerCounts {
+    /// Entries in the index.
+    pub armed: u64,
+    /// Entries already due.
+    pub overdue: u64,
 }
 
 /// Who asks for shard leases, and for how long a lease lives without renewal.
@@ -166,6 +216,30 @@ pub trait SnapshotStore: Send + Sync + 'static {
         let _ = (shard, cursor, count);
         futures_util::future::ready(Ok((0, Vec::new()))).boxed()
     }
+
+    /// At most `limit` entries of the shard's timer index due at `now` or earlier, earliest
+    /// first. Entries stay until a write of their order changes them.
+    fn due_timers(
+        &self,
+        shard: u32,
+        now: crate::domain::Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<DueTimer>, StoreError>>;
+
+    /// How many entries the shard's timer index holds, and how many are due at `now`.
+    fn timer_counts(
+        &self,
+        shard: u32,
+        now: crate::domain::Timestamp,
+    ) -> BoxFuture<'static, Result<TimerCounts, StoreError>>;
+
+    /// One page of every stored order's snapshot (for `orderly admin reindex`): at most about
+    /// `count` snapshots from `cursor` (0 starts), and the next cursor (0: done).
+    fn scan_snapshots(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> BoxFuture<'static, Result<ScanPage<StoredSnapshot>, StoreError>>;
 }
 
 /// Opens the store named by `settings.store.url` (`memory` or `redis://…`).

@@ -9,8 +9,8 @@
 //! grows even when a lease expires.
 //!
 //! **The batch write** covers a group of shards (the shards of one arbiter thread) and is one
-//! `MULTI` / `MSET` / (`SADD`, `SREM` of each shard's payments index) / `XADD` per shard /
-//! `EXEC`, guarded by a `WATCH` of every held lease, on a connection that belongs to the group
+//! `MULTI` / `MSET` / (`SADD`, `SREM` of each shard's payments index) / (`ZADD`, `ZREM` of each
+//! shard's timer index) / `XADD` per shard / `EXEC`, guarded by a `WATCH` of every held lease, on a connection that belongs to the group
 //! alone (WATCH state is per connection, so a shared multiplexed one cannot carry it). Every
 //! transaction is followed, in the same pipeline, by `WATCH` + `MGET` of the leases: the next
 //! batch is then guarded from the moment this one ended, and the `MGET` proves the watch started
@@ -32,6 +32,13 @@
 //! pipelined `SET` 2.1 µs; `WATCH`+`GET` then `MULTI`/`MSET`/`XADD`/`EXEC` 1.8 µs; a bare `MSET`
 //! 1.5 µs. The WATCH transaction is the cheapest option that keeps the batch atomic and fenced.
 //!
+//! **Timer index.** `<prefix>:{<shard>}:timers` is a sorted set of order ids scored by a due
+//! time no later than the order's earliest armed timer. It is written only when an order's
+//! next timer moves earlier than its entry (placement, a payment attempt failing back to
+//! unpaid) and removed when the order settles, so a typical lifecycle costs one `ZADD` and one
+//! `ZREM`; a timer that moved later (paid, then the ship SLA) is corrected when its stale entry
+//! comes due. Shards read due entries with `ZRANGE … BYSCORE LIMIT`.
+//!
 //! **Old layout.** Orders written by earlier releases are hashes (`v` = version, `s` =
 //! snapshot); a load that meets one reads `s`, and the next write replaces it with a string.
 
@@ -43,9 +50,12 @@ use futures_util::future::{BoxFuture, FutureExt};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::resp::{Reply, Request, RespConnection};
-use super::{IndexChange, Lease, LeaseOwner, ShardBatch, ShardWriter, SnapshotStore, StoreError};
+use super::{
+    DueTimer, IndexChange, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore,
+    StoreError, StoredSnapshot, TimerChange, TimerCounts,
+};
 use crate::config::RedisSettings;
-use crate::domain::OrderId;
+use crate::domain::{OrderId, Timestamp};
 
 /// Takes a shard's lease if it is free, expired (gone: it has a TTL) or held under this node's
 /// id, with a new token from the shard's epoch counter.
@@ -170,6 +180,12 @@ impl RedisStore {
     /// pending refund), scanned on start to resume them.
     pub fn payments_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:payments")
+    }
+
+    /// The key of a shard's durable timer index: a sorted set of order ids scored by due time
+    /// (milliseconds since the epoch).
+    pub fn timers_key(prefix: &str, shard: u32) -> String {
+        format!("{prefix}:{{{shard}}}:timers")
     }
 
     /// The key of a shard's lease (`<token>:<node-id>`, with a TTL).
@@ -449,6 +465,51 @@ impl RedisShardWriter {
                 }
                 queued += 1;
             }
+            // The timer index: one ZADD of every order whose entry moved and one ZREM of the
+            // removed ones. When an order's entry changes twice in one batch only its last
+            // change counts (the writes are in commit order).
+            if batch
+                .writes
+                .iter()
+                .any(|w| w.timer != TimerChange::Unchanged)
+            {
+                let mut last: Vec<(OrderId, TimerChange)> = Vec::new();
+                for write in batch.writes.iter().rev() {
+                    if write.timer != TimerChange::Unchanged
+                        && !last.iter().any(|(id, _)| *id == write.order_id)
+                    {
+                        last.push((write.order_id, write.timer));
+                    }
+                }
+                let timers = RedisStore::timers_key(&self.prefix, batch.shard);
+                let sets = last
+                    .iter()
+                    .filter(|(_, c)| matches!(c, TimerChange::Set(_)))
+                    .count();
+                if sets > 0 {
+                    request.command(2 + 2 * sets).arg("ZADD").arg(&timers);
+                    for (order_id, change) in &last {
+                        if let TimerChange::Set(due) = change {
+                            text.clear();
+                            push_uuid(text, *order_id);
+                            request.int(due.0.max(0) as u64).arg(text.as_bytes());
+                        }
+                    }
+                    queued += 1;
+                }
+                let removes = last.len() - sets;
+                if removes > 0 {
+                    request.command(2 + removes).arg("ZREM").arg(&timers);
+                    for (order_id, change) in &last {
+                        if *change == TimerChange::Remove {
+                            text.clear();
+                            push_uuid(text, *order_id);
+                            request.arg(text.as_bytes());
+                        }
+                    }
+                    queued += 1;
+                }
+            }
             if self.outbox.enabled && batch.writes.iter().any(|w| !w.events.is_empty()) {
                 // One stream entry per shard per batch, with one field `events` holding one
                 // JSON line per event, in commit order. Redis pays per entry and per field:
@@ -603,6 +664,14 @@ fn push_lease_key(out: &mut String, prefix: &str, shard: u32) {
 }
 
 /// Appends an order id in its hyphenated form without an intermediate `String`.
+/// Parses `<prefix>:{<shard>}:order:<uuid>`.
+fn parse_order_key(prefix: &str, key: &str) -> Option<(u32, OrderId)> {
+    let rest = key.strip_prefix(prefix)?.strip_prefix(":{")?;
+    let (shard, rest) = rest.split_once('}')?;
+    let id = rest.strip_prefix(":order:")?;
+    Some((shard.parse().ok()?, OrderId::parse(id)?))
+}
+
 fn push_uuid(out: &mut String, order_id: OrderId) {
     let mut buffer = uuid::Uuid::encode_buffer();
     out.push_str(order_id.as_uuid().hyphenated().encode_lower(&mut buffer));
@@ -745,6 +814,127 @@ impl SnapshotStore for RedisStore {
                 // A member that is not an order id was not written by this engine: skip it.
                 let ids = members.iter().filter_map(|m| OrderId::parse(m)).collect();
                 Ok((u128::from(next), ids))
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn due_timers(
+        &self,
+        shard: u32,
+        now: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'static, Result<Vec<DueTimer>, StoreError>> {
+        let mut connection = self.connection(shard);
+        let key = RedisStore::timers_key(&self.prefix, shard);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            with_timeout(timeout_ms, async {
+                let entries: Vec<(String, f64)> = redis::cmd("ZRANGE")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now.0)
+                    .arg("BYSCORE")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit.max(1))
+                    .arg("WITHSCORES")
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                // A member that is not an order id was not written by this engine: skip it.
+                Ok(entries
+                    .iter()
+                    .filter_map(|(member, score)| {
+                        Some(DueTimer {
+                            order_id: OrderId::parse(member)?,
+                            due_at: Timestamp(*score as i64),
+                        })
+                    })
+                    .collect())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn timer_counts(
+        &self,
+        shard: u32,
+        now: Timestamp,
+    ) -> BoxFuture<'static, Result<TimerCounts, StoreError>> {
+        let mut connection = self.connection(shard);
+        let key = RedisStore::timers_key(&self.prefix, shard);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            with_timeout(timeout_ms, async {
+                let (armed, overdue): (u64, u64) = redis::pipe()
+                    .cmd("ZCARD")
+                    .arg(&key)
+                    .cmd("ZCOUNT")
+                    .arg(&key)
+                    .arg("-inf")
+                    .arg(now.0)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(TimerCounts { armed, overdue })
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn scan_snapshots(
+        &self,
+        cursor: u64,
+        count: usize,
+    ) -> BoxFuture<'static, Result<ScanPage<StoredSnapshot>, StoreError>> {
+        let mut connection = self.connection(0);
+        let pattern = format!("{}:{{*}}:order:*", self.prefix);
+        let prefix = Arc::clone(&self.prefix);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            with_timeout(timeout_ms, async {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(count.max(1))
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                let mut page = Vec::with_capacity(keys.len());
+                for key in keys {
+                    let Some((shard, order_id)) = parse_order_key(&prefix, &key) else {
+                        continue;
+                    };
+                    // Loaded one by one through `load`'s logic, so old-layout hashes read too.
+                    let loaded: Result<Option<Vec<u8>>, redis::RedisError> = redis::cmd("GET")
+                        .arg(&key)
+                        .query_async(&mut connection)
+                        .await;
+                    let bytes = match loaded {
+                        Ok(bytes) => bytes,
+                        Err(error) if error.code() == Some("WRONGTYPE") => redis::cmd("HGET")
+                            .arg(&key)
+                            .arg("s")
+                            .query_async(&mut connection)
+                            .await
+                            .map_err(unavailable)?,
+                        Err(error) => return Err(unavailable(error)),
+                    };
+                    if let Some(bytes) = bytes {
+                        page.push(StoredSnapshot {
+                            shard,
+                            order_id,
+                            bytes,
+                        });
+                    }
+                }
+                Ok((next, page))
             })
             .await
         }

@@ -55,6 +55,8 @@ pub(crate) struct CommitGroup {
     pub(super) wakeup: Notify,
     limits: ShardLimits,
     writer: RefCell<Option<Box<dyn ShardWriter>>>,
+    /// The engine's clock.
+    wall: crate::clock::SharedClock,
 }
 
 impl CommitGroup {
@@ -64,6 +66,7 @@ impl CommitGroup {
         engine_id: u64,
         index: u32,
         limits: ShardLimits,
+        clock: &crate::clock::SharedClock,
         writer: impl FnOnce() -> Box<dyn ShardWriter>,
     ) -> Rc<CommitGroup> {
         GROUPS.with(|groups| {
@@ -77,6 +80,7 @@ impl CommitGroup {
                 wakeup: Notify::new(),
                 limits,
                 writer: RefCell::new(Some(writer())),
+                wall: std::sync::Arc::clone(clock),
             });
             groups.retain(|_, g| g.strong_count() > 0);
             groups.insert((engine_id, index), Rc::downgrade(&group));
@@ -107,7 +111,7 @@ impl CommitGroup {
         if let Some(now) = self.clock.get() {
             return now;
         }
-        let now = (crate::domain::Timestamp::now(), Instant::now());
+        let now = (self.wall.now(), Instant::now());
         self.clock.set(Some(now));
         now
     }

@@ -13,13 +13,15 @@
 //!   group commit of its shards' batches in one fenced write;
 //! - `gateway_link`: jobs to the gateway actors and their verdicts back;
 //! - `recovery`: resuming live payments after a start or a takeover;
-//! - `passivation`: the idle sweep and eviction.
+//! - `passivation`: the idle sweep and eviction;
+//! - `timers`: polling the shard's durable timer index and firing due timers.
 
 mod commit_loop;
 mod gateway_link;
 mod passivation;
 mod recovery;
 mod routing;
+mod timers;
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
@@ -35,12 +37,15 @@ use tokio::sync::oneshot;
 use super::commit::{CommitEntry, PendingReply};
 use super::live_set::LiveSet;
 use super::messages::{CommandResult, Dispatch, EngineError, Origin, Redelivery, Reload, Work};
+use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::{OrderId, OrderPolicy};
 use crate::gateway::{GatewayReply, Gateways, ReplySender};
 use crate::store::{LeaseOwner, SnapshotStore};
 use crate::telemetry;
 use commit_loop::CommitGroup;
+pub(crate) use timers::FireRate;
+use timers::{TimerLimits, TimerState};
 
 /// Bounds a shard applies, copied from settings.
 #[derive(Clone, Copy)]
@@ -59,6 +64,8 @@ pub(crate) struct ShardLimits {
     pub(crate) arbiters: u32,
     /// Commit groups (each one write in flight, on its own connection) per arbiter thread.
     pub(crate) commit_groups_per_thread: u32,
+    /// Durable timer polling.
+    pub(crate) timers: TimerLimits,
 }
 
 impl ShardLimits {
@@ -77,6 +84,10 @@ impl ShardLimits {
             ),
             arbiters: settings.arbiter_count() as u32,
             commit_groups_per_thread: settings.commit.groups_per_thread,
+            timers: TimerLimits {
+                poll_interval: Duration::from_millis(settings.timers.poll_interval_ms),
+                fire_batch_max: settings.timers.fire_batch_max,
+            },
         }
     }
 }
@@ -158,6 +169,12 @@ pub(crate) struct ShardCore {
     /// Why the last lease acquisition failed, when the store could not be asked: requests
     /// are then refused as `store_unavailable`, not as `shard_unavailable`.
     acquire_error: RefCell<Option<crate::store::StoreError>>,
+    /// The engine's clock (business time: the domain's `now`, timers).
+    clock: SharedClock,
+    /// Timer fires in flight and orders waiting to be tried again.
+    timers: RefCell<TimerState>,
+    /// The node-wide catch-up rate of timer fires.
+    timer_rate: Arc<FireRate>,
 }
 
 impl ShardCore {
@@ -197,8 +214,10 @@ impl ShardCore {
 
     fn resolve(&self, token: usize, result: CommandResult) {
         let reply = self.replies.borrow_mut().try_remove(token);
-        if let Some(reply) = reply {
-            reply.send(result);
+        match reply {
+            Some(PendingReply::Timer { order_id }) => self.timer_done(order_id, &result),
+            Some(reply) => reply.send(result),
+            None => {}
         }
     }
 
@@ -282,6 +301,7 @@ pub struct ShardActor {
 impl ShardActor {
     /// A shard of engine `engine_id`; must be called on the arbiter thread that will run it
     /// (it joins that thread's commit group).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         engine_id: u64,
         shard: u32,
@@ -290,13 +310,15 @@ impl ShardActor {
         policy: OrderPolicy,
         limits: ShardLimits,
         owner: &LeaseOwner,
+        clock: SharedClock,
+        timer_rate: Arc<FireRate>,
     ) -> ShardActor {
         let (gateway_replies, gateway_rx) = unbounded_channel();
         let (redeliveries, redelivery_rx) = unbounded_channel();
         // Shard s lives on arbiter s % arbiters; the shards of one thread are spread over its
         // commit groups in turn.
         let group_index = (shard / limits.arbiters.max(1)) % limits.commit_groups_per_thread.max(1);
-        let group = CommitGroup::on_this_thread(engine_id, group_index, limits, || {
+        let group = CommitGroup::on_this_thread(engine_id, group_index, limits, &clock, || {
             store.shard_writer(owner)
         });
         let core = Rc::new(ShardCore {
@@ -319,6 +341,9 @@ impl ShardActor {
             next_incarnation: Cell::new(0),
             release_request: RefCell::new(None),
             acquire_error: RefCell::new(None),
+            clock,
+            timers: RefCell::new(TimerState::default()),
+            timer_rate,
         });
         core.group.register(engine_id, &core);
         ShardActor {
@@ -352,6 +377,11 @@ impl Actor for ShardActor {
                 }
             });
         }
+        actix_rt::spawn(ShardCore::run_timers(
+            Rc::downgrade(&self.core),
+            Arc::clone(&self.core.clock),
+            self.core.limits.timers,
+        ));
         let sweep = (self.core.limits.idle_timeout / 4).max(Duration::from_millis(250));
         ctx.run_interval(sweep, |actor, _| actor.core.passivate_idle());
     }

@@ -1,0 +1,136 @@
+//! Rebuilding a store's indexes from its snapshots (`orderly admin reindex`): the timer index
+//! and the payments index of every shard. For orders stored before the timer index existed,
+//! and for disaster recovery.
+//!
+//! It takes every shard's lease first (under its own node id), so no engine can write while
+//! it runs and its writes are fenced like an engine's: it refuses to start while another node
+//! holds a shard. It then walks the snapshots with a bounded scan (`SCAN … COUNT` on Redis),
+//! and rewrites each page's orders in one fenced batch per page: the same snapshot (same
+//! version) recording what the index now holds, with the order's timer entry set to its next
+//! timer (or removed) and its payments index entry added or removed.
+
+use std::collections::BTreeMap;
+
+use super::{
+    IndexChange, LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite, StoreError, TimerChange,
+};
+use crate::domain::next_due;
+use crate::store::snapshot;
+
+/// What a reindex did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReindexReport {
+    /// Snapshots read.
+    pub scanned: u64,
+    /// Orders that have an armed timer (now in the timer index).
+    pub timers_armed: u64,
+    /// Orders with live gateway work (now in the payments index).
+    pub live_payments: u64,
+    /// Snapshots that could not be decoded (left untouched).
+    pub unreadable: u64,
+}
+
+/// Why a reindex stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReindexError {
+    /// Another node holds a shard's lease: stop the engines first.
+    #[error("shard {0} is owned by another node; stop every engine on this store first")]
+    Owned(u32),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Rebuilds the indexes of `shards` shards of `store`, scanning `page` snapshots at a time.
+pub async fn reindex(
+    store: &dyn SnapshotStore,
+    shards: u32,
+    owner: &LeaseOwner,
+    page: usize,
+) -> Result<ReindexReport, ReindexError> {
+    let mut writer = store.shard_writer(owner);
+    let mut held = Vec::new();
+    let mut outcome = Ok(());
+    for shard in 0..shards {
+        match writer.acquire(shard).await {
+            Ok(Some(_)) => held.push(shard),
+            Ok(None) => {
+                outcome = Err(ReindexError::Owned(shard));
+                break;
+            }
+            Err(error) => {
+                outcome = Err(error.into());
+                break;
+            }
+        }
+    }
+    let mut report = ReindexReport::default();
+    if outcome.is_ok() {
+        outcome = walk(store, &mut *writer, page, &mut report).await;
+    }
+    for shard in held {
+        let _ = writer.release(shard).await;
+    }
+    outcome.map(|()| report)
+}
+
+async fn walk(
+    store: &dyn SnapshotStore,
+    writer: &mut dyn super::ShardWriter,
+    page: usize,
+    report: &mut ReindexReport,
+) -> Result<(), ReindexError> {
+    let mut cursor = 0;
+    loop {
+        let (next, snapshots) = store.scan_snapshots(cursor, page).await?;
+        let mut by_shard: BTreeMap<u32, Vec<SnapshotWrite>> = BTreeMap::new();
+        for stored in snapshots {
+            report.scanned += 1;
+            let Ok(mut order) = snapshot::decode(&stored.bytes) else {
+                report.unreadable += 1;
+                continue;
+            };
+            let timer = match next_due(&order) {
+                Some(due) => {
+                    report.timers_armed += 1;
+                    order.timer_indexed_at = due;
+                    TimerChange::Set(due)
+                }
+                None => {
+                    order.timer_indexed_at = crate::domain::Timestamp(0);
+                    TimerChange::Remove
+                }
+            };
+            let live = order.live_attempt().is_some() || order.pending_refund().is_some();
+            report.live_payments += u64::from(live);
+            by_shard
+                .entry(stored.shard)
+                .or_default()
+                .push(SnapshotWrite {
+                    order_id: stored.order_id,
+                    version: order.version,
+                    bytes: snapshot::encode(&order),
+                    events: Default::default(),
+                    payments_index: if live {
+                        IndexChange::Add
+                    } else {
+                        IndexChange::Remove
+                    },
+                    timer,
+                });
+        }
+        if !by_shard.is_empty() {
+            let batches: Vec<ShardBatch> = by_shard
+                .into_iter()
+                .map(|(shard, writes)| ShardBatch { shard, writes })
+                .collect();
+            if let Some(&shard) = writer.write(batches).await?.first() {
+                return Err(ReindexError::Owned(shard));
+            }
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
