@@ -93,8 +93,9 @@ impl Receiver {
         self.seen.lock().unwrap().event_ids()
     }
 
-    /// Waits until `done` holds of what was seen, at most `timeout`.
-    pub fn wait_until(&self, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
+    /// Waits until `done` holds of what was seen, at most `timeout` (asynchronously: the
+    /// engine's tasks may share the caller's thread).
+    pub async fn wait_until(&self, timeout: Duration, done: impl Fn(&Seen) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
         for _ in 0..10_000 {
             if done(&self.seen.lock().unwrap()) {
@@ -103,7 +104,7 @@ impl Receiver {
             if Instant::now() >= deadline {
                 return false;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         false
     }
