@@ -1051,4 +1051,54 @@ mod tests {
             Settings::load(None, env(&[("ORDERLY__COMMIT__BATCH_SIZE_MAX", "lots")])).unwrap_err();
         assert!(err.to_string().contains("commit.batch_size_max"), "{err}");
     }
+
+    fn with_receiver(receiver: &str, extra: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hooks.toml");
+        std::fs::write(
+            &path,
+            format!("{extra}\n[[webhooks.receivers]]\n{receiver}"),
+        )
+        .unwrap();
+        Settings::load(Some(&path), std::iter::empty())
+    }
+
+    #[test]
+    fn webhook_receivers_are_checked_naming_the_key() {
+        let ok = with_receiver("url = \"https://crm.example/hook\"\nsecret = \"s\"", "")
+            .expect("a valid receiver");
+        assert!(ok.outbox.enabled, "the outbox is on by default");
+        let name = ok.webhooks.receivers[0].effective_name();
+        assert!(name.starts_with('r') && name.len() == 13, "{name}");
+        for (receiver, extra, key) in [
+            (
+                "url = \"ftp://x\"\nsecret = \"s\"",
+                "",
+                "webhooks.receivers[0].url",
+            ),
+            ("url = \"http://x\"", "", "webhooks.receivers[0].secret"),
+            (
+                "url = \"http://x\"\nsecret = \"s\"\nevents = [\"nope\"]",
+                "",
+                "webhooks.receivers[0].events",
+            ),
+            (
+                "url = \"http://x\"\nsecret = \"s\"",
+                "[outbox]\nenabled = false",
+                "outbox.enabled",
+            ),
+        ] {
+            let err = with_receiver(receiver, extra).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+    }
+
+    #[test]
+    fn the_old_outbox_cap_is_refused_by_name() {
+        let err = Settings::load(None, env(&[("ORDERLY__STORE__REDIS__OUTBOX_MAXLEN", "10")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("store.redis.outbox_maxlen"), "{err}");
+        assert!(err.contains("[outbox]"), "{err}");
+    }
 }
