@@ -375,3 +375,45 @@ events = ["order_placed", "order_paid"]
     drop(one);
     drop(two);
 }
+
+#[actix_rt::test]
+async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
+    let server = RedisServer::start();
+    let hook = Receiver::start(SECRET, Behaviour::Healthy);
+    // Orders first, with no receiver configured.
+    let plain = within("start", Orderly::start(settings(&server.url(), Vec::new())))
+        .await
+        .expect("starts");
+    let expected = run_orders(&plain.engine, 5).await;
+    plain.shutdown().await;
+    // A consumer of the receiver's group reads every entry, then dies without acknowledging.
+    for s in 0..SHARDS {
+        let key = format!("orderly:{{{s}}}:events");
+        server.command(&["XGROUP", "CREATE", &key, "webhook:crm", "0", "MKSTREAM"]);
+        server.command(&[
+            "XREADGROUP",
+            "GROUP",
+            "webhook:crm",
+            "ghost",
+            "COUNT",
+            "1000",
+            "STREAMS",
+            &key,
+            ">",
+        ]);
+    }
+    let orderly = within(
+        "start",
+        Orderly::start(settings(&server.url(), vec![receiver("crm", &hook.url)])),
+    )
+    .await
+    .expect("starts");
+    assert!(
+        hook.wait_until(Duration::from_secs(10), |s| s.event_ids() == expected)
+            .await,
+        "the dead consumer's entries are claimed after claim_idle_ms and delivered: {} of {}",
+        hook.event_ids().len(),
+        expected.len()
+    );
+    orderly.shutdown().await;
+}

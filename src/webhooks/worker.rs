@@ -149,13 +149,15 @@ impl Worker {
                 }
             }
         }
-        let claim_every = Duration::from_millis((self.settings.claim_idle_ms / 2).max(100));
-        let mut next_claim = Instant::now();
-        let mut next_refresh = Instant::now();
+        // Business time: every wait of the worker is on its clock.
+        let claim_every = (self.settings.claim_idle_ms / 2).max(100) as i64;
+        let refresh_every = REFRESH_INTERVAL.as_millis() as i64;
+        let mut next_claim = self.clock.now();
+        let mut next_refresh = self.clock.now();
         let mut disabled = false;
         while !self.stopping() {
-            if Instant::now() >= next_refresh {
-                next_refresh = Instant::now() + REFRESH_INTERVAL;
+            if self.clock.now() >= next_refresh {
+                next_refresh = self.clock.now().plus_ms(refresh_every);
                 match self.refresh().await {
                     Ok(now_disabled) => {
                         if disabled && !now_disabled {
@@ -174,12 +176,12 @@ impl Worker {
                 }
             }
             if disabled {
-                let wait = next_refresh.saturating_duration_since(Instant::now());
-                self.pause(wait.max(Duration::from_millis(10))).await;
+                let wait = (next_refresh.0 - self.clock.now().0).max(10) as u64;
+                self.pause(Duration::from_millis(wait)).await;
                 continue;
             }
-            let read = if Instant::now() >= next_claim {
-                next_claim = Instant::now() + claim_every;
+            let read = if self.clock.now() >= next_claim {
+                next_claim = self.clock.now().plus_ms(claim_every);
                 self.claim().await
             } else {
                 Ok(Vec::new())
@@ -205,7 +207,7 @@ impl Worker {
                         self.pause(REDIS_BACKOFF).await;
                     }
                     // A 410 may have disabled the receiver: look at once.
-                    next_refresh = Instant::now();
+                    next_refresh = self.clock.now();
                 }
                 Err(error) => {
                     tracing::warn!(receiver = %self.name, %error, "webhook read failed");
