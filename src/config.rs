@@ -420,6 +420,7 @@ impl OrderSettings {
             unpaid_expiry_after_ms: self.unpaid_expiry_after_ms,
             auto_complete_after_ms: self.auto_complete_after_ms,
             ship_sla_ms: self.ship_sla_ms,
+            payment_check_after_ms: crate::domain::OrderPolicy::default().payment_check_after_ms,
         }
     }
 
@@ -538,6 +539,14 @@ fn env_value(raw: &str) -> toml::Value {
 }
 
 impl Settings {
+    /// The domain's time rules: `[orders]`, with live gateway work checked once an attempt
+    /// could have timed out (`[payments] attempt_timeout_ms`) and a second more.
+    pub fn policy(&self) -> crate::domain::OrderPolicy {
+        let mut policy = self.orders.policy();
+        policy.payment_check_after_ms = self.payments.attempt_timeout_ms as i64 + 1_000;
+        policy
+    }
+
     /// The embedded defaults alone.
     pub fn embedded_default() -> Result<Settings, ConfigError> {
         Settings::load(None, std::iter::empty())
