@@ -413,7 +413,6 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                 version,
                 bytes: bytes.clone(),
                 events: vec!["order_shipped"],
-                payments_index: Default::default(),
                 timer: Default::default(),
             })
             .collect::<Vec<_>>()

@@ -81,8 +81,6 @@ pub struct PaymentSettings {
     pub sync: SyncSettings,
     /// The per-gateway circuit breaker.
     pub breaker: BreakerSettings,
-    /// Orders with a live attempt resumed per store scan on engine start.
-    pub recovery_batch_size: usize,
     /// Named fault profiles of the simulated gateways (`healthy`, `flaky`, `outage`, `slow`).
     pub fault_profiles: BTreeMap<String, FaultProfile>,
 }
@@ -709,9 +707,6 @@ impl Settings {
                 "payments.breaker".into(),
                 "failures_to_open and half_open_probes must be at least 1",
             );
-        }
-        if payments.recovery_batch_size == 0 || payments.recovery_batch_size > 10_000 {
-            return invalid("payments.recovery_batch_size".into(), "must be 1..=10000");
         }
         for (name, profile) in &payments.fault_profiles {
             let rates = [

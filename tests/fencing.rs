@@ -78,7 +78,6 @@ fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
         version,
         bytes: bytes.to_vec(),
         events: vec!["test_event"],
-        payments_index: Default::default(),
         timer: Default::default(),
     }
 }

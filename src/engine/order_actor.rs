@@ -166,7 +166,6 @@ impl OrderActor {
             }
         };
         let request = match work {
-            Work::Resume => return self.resume(token, current_order),
             Work::FireTimers => return self.fire_timers(token, current_order),
             Work::Request(request) => request,
         };
@@ -260,8 +259,6 @@ impl OrderActor {
                     expected_version,
                     version: applied.order.version,
                     bytes,
-                    live_before: current.is_some_and(has_gateway_work),
-                    live_after: has_gateway_work(&applied.order),
                     timer,
                 });
                 if let Origin::Gateway { redeliveries } = origin {
@@ -381,7 +378,9 @@ impl OrderActor {
         } else {
             telemetry::record_timer_fired("payment_check", "fired", lag);
             self.gateway_busy_since = now;
-            resume_jobs(order)
+            let jobs = resume_jobs(order);
+            telemetry::record_payments_resumed(jobs.len() as u64);
+            jobs
         };
         let mut entry = self.reindex(token, &Arc::new(next));
         entry.jobs = jobs;
@@ -418,13 +417,10 @@ impl OrderActor {
         let bytes = snapshot::encode(&next);
         let mut entry = self.entry(token, false, Err(EngineError::Stopped));
         entry.verb = "timer";
-        let live = has_gateway_work(&next);
         entry.write = Some(PendingWrite {
             expected_version: next.version,
             version: next.version,
             bytes,
-            live_before: live,
-            live_after: live,
             timer,
         });
         entry.exists = true;
@@ -432,35 +428,6 @@ impl OrderActor {
         let next = Arc::new(next);
         entry.result = outcome(Arc::clone(&next));
         self.order = OrderState::from_order(next, entry.write.as_ref().map(|w| &w.bytes[..]));
-        entry
-    }
-
-    /// Resumes an order's gateway work after a restart: its live attempt is queried (never
-    /// charged again blindly) and its pending refund re-sent under the same key.
-    fn resume(&mut self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
-        let Some(order) = current else {
-            let mut entry = self.entry(
-                token,
-                false,
-                Err(EngineError::Rejected(Rejection::OrderNotFound(self.id))),
-            );
-            entry.verb = "resume";
-            return entry;
-        };
-        let jobs = resume_jobs(&order);
-        if !jobs.is_empty() {
-            self.gateway_busy_since = self.core.now();
-        }
-        let mut entry = self.entry(
-            token,
-            false,
-            Ok(CommandOutcome {
-                order,
-                duplicate: true,
-            }),
-        );
-        entry.jobs = jobs;
-        entry.verb = "resume";
         entry
     }
 }

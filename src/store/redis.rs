@@ -2,15 +2,15 @@
 //! inside), written in fenced batches.
 //!
 //! Keys are `<prefix>:{<shard>}:…`; the `{<shard>}` hash tag keeps one shard's keys (snapshots,
-//! outbox, payments index, lease, epoch) in one Redis Cluster slot, so a batch is one atomic call.
+//! outbox, timer index, lease, epoch) in one Redis Cluster slot, so a batch is one atomic call.
 //!
 //! **Ownership.** A shard's lease `<prefix>:{<shard>}:lease` holds `<token>:<node-id>` with a TTL;
 //! the token comes from `INCR <prefix>:{<shard>}:epoch` (no TTL) on every acquisition, so it only
 //! grows even when a lease expires.
 //!
 //! **The batch write** covers a group of shards (the shards of one arbiter thread) and is one
-//! `MULTI` / `MSET` / (`SADD`, `SREM` of each shard's payments index) / (`ZADD`, `ZREM` of each
-//! shard's timer index) / `XADD` per shard / `EXEC`, guarded by a `WATCH` of every held lease, on a connection that belongs to the group
+//! `MULTI` / `MSET` / (`ZADD`, `ZREM` of each shard's timer index) / `XADD` per shard /
+//! `EXEC`, guarded by a `WATCH` of every held lease, on a connection that belongs to the group
 //! alone (WATCH state is per connection, so a shared multiplexed one cannot carry it). Every
 //! transaction is followed, in the same pipeline, by `WATCH` + `MGET` of the leases: the next
 //! batch is then guarded from the moment this one ended, and the `MGET` proves the watch started
@@ -51,8 +51,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::resp::{Reply, Request, RespConnection};
 use super::{
-    DueTimer, IndexChange, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore,
-    StoreError, StoredSnapshot, TimerChange, TimerCounts,
+    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StoreError,
+    StoredSnapshot, TimerChange, TimerCounts,
 };
 use crate::config::RedisSettings;
 use crate::domain::{OrderId, Timestamp};
@@ -149,12 +149,6 @@ impl RedisStore {
     /// The key of a shard's outbox stream.
     pub fn events_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:events")
-    }
-
-    /// The key of a shard's set of orders with live gateway work (a live payment attempt or a
-    /// pending refund), scanned on start to resume them.
-    pub fn payments_key(prefix: &str, shard: u32) -> String {
-        format!("{prefix}:{{{shard}}}:payments")
     }
 
     /// The key of a shard's durable timer index: a sorted set of order ids scored by due time
@@ -379,24 +373,6 @@ impl RedisShardWriter {
             queued += 1;
         }
         for batch in batches {
-            let payments = RedisStore::payments_key(&self.prefix, batch.shard);
-            for (change, command) in [(IndexChange::Add, "SADD"), (IndexChange::Remove, "SREM")] {
-                let members = batch
-                    .writes
-                    .iter()
-                    .filter(|w| w.payments_index == change)
-                    .count();
-                if members == 0 {
-                    continue;
-                }
-                request.command(2 + members).arg(command).arg(&payments);
-                for write in batch.writes.iter().filter(|w| w.payments_index == change) {
-                    text.clear();
-                    push_uuid(text, write.order_id);
-                    request.arg(text.as_bytes());
-                }
-                queued += 1;
-            }
             // The timer index: one ZADD of every order whose entry moved and one ZREM of the
             // removed ones. When an order's entry changes twice in one batch only its last
             // change counts (the writes are in commit order).
@@ -714,34 +690,6 @@ impl SnapshotStore for RedisStore {
             request: Request::default(),
             text: String::with_capacity(4096),
         })
-    }
-
-    fn scan_live_payments(
-        &self,
-        shard: u32,
-        cursor: u128,
-        count: usize,
-    ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
-        let mut connection = self.connection(shard);
-        let key = RedisStore::payments_key(&self.prefix, shard);
-        let timeout_ms = self.command_timeout_ms;
-        async move {
-            with_timeout(timeout_ms, async {
-                let (next, members): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(&key)
-                    .arg(cursor as u64)
-                    .arg("COUNT")
-                    .arg(count.max(1))
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                // A member that is not an order id was not written by this engine: skip it.
-                let ids = members.iter().filter_map(|m| OrderId::parse(m)).collect();
-                Ok((u128::from(next), ids))
-            })
-            .await
-        }
-        .boxed()
     }
 
     fn due_timers(
