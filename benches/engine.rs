@@ -418,7 +418,6 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                     )
                     .as_bytes(),
                 ),
-                payments_index: Default::default(),
                 timer: Default::default(),
             })
             .collect::<Vec<_>>()

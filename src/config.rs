@@ -85,8 +85,6 @@ pub struct PaymentSettings {
     pub sync: SyncSettings,
     /// The per-gateway circuit breaker.
     pub breaker: BreakerSettings,
-    /// Orders with a live attempt resumed per store scan on engine start.
-    pub recovery_batch_size: usize,
     /// Named fault profiles of the simulated gateways (`healthy`, `flaky`, `outage`, `slow`).
     pub fault_profiles: BTreeMap<String, FaultProfile>,
 }
@@ -495,6 +493,7 @@ impl OrderSettings {
             unpaid_expiry_after_ms: self.unpaid_expiry_after_ms,
             auto_complete_after_ms: self.auto_complete_after_ms,
             ship_sla_ms: self.ship_sla_ms,
+            payment_check_after_ms: crate::domain::OrderPolicy::default().payment_check_after_ms,
         }
     }
 
@@ -613,6 +612,14 @@ fn env_value(raw: &str) -> toml::Value {
 }
 
 impl Settings {
+    /// The domain's time rules: `[orders]`, with live gateway work checked once an attempt
+    /// could have timed out (`[payments] attempt_timeout_ms`) and a second more.
+    pub fn policy(&self) -> crate::domain::OrderPolicy {
+        let mut policy = self.orders.policy();
+        policy.payment_check_after_ms = self.payments.attempt_timeout_ms as i64 + 1_000;
+        policy
+    }
+
     /// The embedded defaults alone.
     pub fn embedded_default() -> Result<Settings, ConfigError> {
         Settings::load(None, std::iter::empty())
@@ -858,9 +865,6 @@ impl Settings {
                 "payments.breaker".into(),
                 "failures_to_open and half_open_probes must be at least 1",
             );
-        }
-        if payments.recovery_batch_size == 0 || payments.recovery_batch_size > 10_000 {
-            return invalid("payments.recovery_batch_size".into(), "must be 1..=10000");
         }
         for (name, profile) in &payments.fault_profiles {
             let rates = [

@@ -737,13 +737,19 @@ pub const TIMER_LAG_BUCKETS: &[f64] = &[
 ];
 
 /// The timer verbs, for labels that start at zero.
-const TIMER_VERBS: [&str; 4] = ["remind", "expire", "auto_complete", "ship_sla"];
+const TIMER_VERBS: [&str; 5] = [
+    "remind",
+    "expire",
+    "auto_complete",
+    "ship_sla",
+    "payment_check",
+];
 
 pub(crate) fn describe_timers() {
     describe_counter!(
         TIMERS_FIRED_TOTAL,
         Unit::Count,
-        "Durable timers fired, by timer (remind, expire, auto_complete, ship_sla) and outcome (fired, refused)."
+        "Durable timers fired, by timer (remind, expire, auto_complete, ship_sla, payment_check) and outcome (fired, refused)."
     );
     describe_histogram!(
         TIMER_LAG_SECONDS,

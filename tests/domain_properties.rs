@@ -126,6 +126,7 @@ fn policy() -> impl Strategy<Value = OrderPolicy> {
                     unpaid_expiry_after_ms,
                     auto_complete_after_ms,
                     ship_sla_ms,
+                    payment_check_after_ms: 3_000,
                 }
             },
         )

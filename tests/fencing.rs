@@ -82,7 +82,6 @@ fn write(order_id: OrderId, version: u64, bytes: &[u8]) -> SnapshotWrite {
             format!("{{\"event_id\":\"{order_id}:{version}:0\",\"type\":\"order_placed\"}}\n")
                 .as_bytes(),
         ),
-        payments_index: Default::default(),
         timer: Default::default(),
     }
 }

@@ -21,7 +21,6 @@ use mock_payments::{Faults, MockConfig};
 use orderly::config::{PaymentRoutes, Settings};
 use orderly::domain::{AttemptStatus, OrderId, OrderStatus};
 use orderly::engine::{Admission, BatchItem, Engine, Request};
-use orderly::store::redis::RedisStore;
 use serde_json::Value;
 use support::redis_server::RedisServer;
 
@@ -45,13 +44,16 @@ async fn mock_get(client: &reqwest::Client, url: &str) -> Value {
     .expect("mock answers in time")
 }
 
+/// Stored orders with a live payment attempt or a pending refund.
 fn live_payments(server: &RedisServer) -> i64 {
-    (0..SHARDS)
-        .map(|shard| {
-            let key = RedisStore::payments_key("orderly", shard);
-            server.command(&["SCARD", &key]).as_int().unwrap_or(0)
-        })
-        .sum()
+    let keys = server.command(&["KEYS", "orderly:*:order:*"]);
+    keys.as_array()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|k| k.as_str())
+        .filter_map(|k| support::stored::stored_order(server, k))
+        .filter(|o| o.live_attempt().is_some() || o.pending_refund().is_some())
+        .count() as i64
 }
 
 #[actix_rt::test]

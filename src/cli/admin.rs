@@ -1,5 +1,4 @@
-//! `orderly admin …`: maintenance of a store. `reindex` rebuilds every shard's timer and
-//! payments index from the snapshots (see [`crate::store::reindex`]).
+//! `orderly admin …`: maintenance of a store. `reindex` rebuilds every shard's timer index from the snapshots (see [`crate::store::reindex`]).
 
 use anyhow::Context;
 
@@ -17,7 +16,7 @@ pub struct AdminArgs {
 /// Maintenance tasks.
 #[derive(Debug, clap::Subcommand)]
 pub enum AdminCommand {
-    /// Rebuild every shard's timer index and payments index from the stored snapshots, with a
+    /// Rebuild every shard's timer index (timers and payment checks) from the stored snapshots, with a
     /// bounded scan. Run it with every engine on the store stopped: it takes the shard leases
     /// itself and refuses to start while another node holds one.
     Reindex(ReindexArgs),

@@ -108,15 +108,19 @@ pub enum TimerKind {
     AutoComplete,
     /// Alert on a paid order not shipped in time.
     ShipSla,
+    /// Check that live gateway work (an attempt, a refund) is still carried out; resume it
+    /// otherwise. An engine timer: it changes no state.
+    PaymentCheck,
 }
 
 impl TimerKind {
     /// Every kind, for metric labels that start at zero.
-    pub const ALL: [TimerKind; 4] = [
+    pub const ALL: [TimerKind; 5] = [
         TimerKind::PaymentReminder,
         TimerKind::UnpaidExpiry,
         TimerKind::AutoComplete,
         TimerKind::ShipSla,
+        TimerKind::PaymentCheck,
     ];
 
     /// Stable wire name.
@@ -126,16 +130,18 @@ impl TimerKind {
             TimerKind::UnpaidExpiry => "unpaid_expiry",
             TimerKind::AutoComplete => "auto_complete",
             TimerKind::ShipSla => "ship_sla",
+            TimerKind::PaymentCheck => "payment_check",
         }
     }
 
-    /// The command the timer delivers when it fires.
-    pub fn command(self) -> Command {
+    /// The command the timer delivers when it fires (None: an engine timer, no command).
+    pub fn command(self) -> Option<Command> {
         match self {
-            TimerKind::PaymentReminder => Command::SendPaymentReminder,
-            TimerKind::UnpaidExpiry => Command::ExpireOrder,
-            TimerKind::AutoComplete => Command::AutoCompleteOrder,
-            TimerKind::ShipSla => Command::CheckShipSla,
+            TimerKind::PaymentReminder => Some(Command::SendPaymentReminder),
+            TimerKind::UnpaidExpiry => Some(Command::ExpireOrder),
+            TimerKind::AutoComplete => Some(Command::AutoCompleteOrder),
+            TimerKind::ShipSla => Some(Command::CheckShipSla),
+            TimerKind::PaymentCheck => None,
         }
     }
 }

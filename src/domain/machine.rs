@@ -24,6 +24,10 @@ pub struct OrderPolicy {
     pub auto_complete_after_ms: i64,
     /// After payment, when an order not yet shipped breaches the ship SLA (an event only).
     pub ship_sla_ms: i64,
+    /// After a change to an order with live gateway work (a payment attempt or a refund),
+    /// when the engine checks that work is still being carried out, and resumes it (a query,
+    /// never a second charge) if not, as after a restart. 0 = never (nothing resumes it).
+    pub payment_check_after_ms: i64,
 }
 
 impl Default for OrderPolicy {
@@ -33,6 +37,7 @@ impl Default for OrderPolicy {
             unpaid_expiry_after_ms: 30 * 60_000,
             auto_complete_after_ms: 14 * 24 * 3_600_000,
             ship_sla_ms: 48 * 3_600_000,
+            payment_check_after_ms: 3_000,
         }
     }
 }
@@ -45,6 +50,7 @@ impl OrderPolicy {
             unpaid_expiry_after_ms: 0,
             auto_complete_after_ms: 0,
             ship_sla_ms: 0,
+            payment_check_after_ms: 3_000,
         }
     }
 
@@ -84,6 +90,7 @@ pub fn armed_timers(order: &Order) -> SmallVec<[(TimerKind, Timestamp); 2]> {
         OrderStatus::Shipped => arm(TimerKind::AutoComplete, order.complete_at),
         _ => {}
     }
+    arm(TimerKind::PaymentCheck, order.payment_check_at);
     timers
 }
 
@@ -93,15 +100,15 @@ pub fn next_due(order: &Order) -> Option<Timestamp> {
     armed_timers(order).iter().map(|(_, at)| *at).min()
 }
 
-/// The commands of the timers due at `now`: an unpaid expiry first (a reminder for an order
-/// that expires now would be moot), then earliest first.
-pub fn due_commands(order: &Order, now: Timestamp) -> SmallVec<[Command; 2]> {
+/// The timers due at `now`, with their due times: an unpaid expiry first (a reminder for an
+/// order that expires now would be moot), then earliest first.
+pub fn due_timers(order: &Order, now: Timestamp) -> SmallVec<[(TimerKind, Timestamp); 2]> {
     let mut due: SmallVec<[(TimerKind, Timestamp); 2]> = armed_timers(order)
         .into_iter()
         .filter(|(_, at)| *at <= now)
         .collect();
     due.sort_by_key(|(kind, at)| (*kind != TimerKind::UnpaidExpiry, *at));
-    due.into_iter().map(|(kind, _)| kind.command()).collect()
+    due
 }
 
 /// The outcome of applying one command.
@@ -159,6 +166,13 @@ pub fn apply(
     let mut next = current.clone();
     let mut effects = Effects::new();
     transition(&mut next, &envelope.command, now, policy, &mut effects)?;
+    // Live gateway work is checked on a durable timer, re-armed by every change.
+    let gateway_work = next.live_attempt().is_some() || next.pending_refund().is_some();
+    next.payment_check_at = if gateway_work && policy.payment_check_after_ms > 0 {
+        now.plus_ms(policy.payment_check_after_ms)
+    } else {
+        Timestamp(0)
+    };
     next.version = current.version + 1;
     next.updated_at = now;
     next.recent.record(envelope.id, next.version);
@@ -207,6 +221,7 @@ fn place(
         reminder_no: 0,
         ship_sla_at: Timestamp(0),
         complete_at: Timestamp(0),
+        payment_check_at: Timestamp(0),
         timer_indexed_at: Timestamp(0),
         recent: RecentCommands::default(),
     };

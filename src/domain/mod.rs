@@ -13,7 +13,7 @@ pub mod rejection;
 
 pub use command::{Command, CommandEnvelope, Effect, Effects, OrderEvent, TimerKind};
 pub use ids::{CommandId, OrderId, Timestamp};
-pub use machine::{apply, armed_timers, due_commands, next_due, Applied, OrderPolicy};
+pub use machine::{apply, armed_timers, due_timers, next_due, Applied, OrderPolicy};
 pub use money::{Currency, Money, MoneyError};
 pub use order::{
     LineItem, LineItemRequest, NewOrder, NewOrderRequest, Order, OrderHeader, OrderStatus, Quantity,

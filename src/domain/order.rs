@@ -462,6 +462,8 @@ pub struct Order {
     pub ship_sla_at: Timestamp,
     /// When a shipped order completes by itself (0 = not armed).
     pub complete_at: Timestamp,
+    /// When the engine checks the order's live gateway work (0 = none live).
+    pub payment_check_at: Timestamp,
     /// Engine bookkeeping, not domain state: the due time the shard's durable timer index
     /// holds for this order (0 = no entry). The index may hold an earlier time than the
     /// order's next timer (it is corrected when it fires), never a later one.

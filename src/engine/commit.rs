@@ -11,17 +11,13 @@ use super::messages::{CommandResult, EngineError};
 use crate::domain::{CommandEnvelope, OrderId};
 use crate::gateway::GatewayJob;
 use crate::store::outbox::OutboxEvents;
-use crate::store::{IndexChange, SnapshotWrite, TimerChange};
+use crate::store::{SnapshotWrite, TimerChange};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
     pub(crate) expected_version: u64,
     pub(crate) version: u64,
     pub(crate) bytes: Vec<u8>,
-    /// Whether the order had live gateway work (a live attempt or a pending refund) before
-    /// and after this write: the store's index of such orders follows it.
-    pub(crate) live_before: bool,
-    pub(crate) live_after: bool,
     /// How the shard's timer index follows this write.
     pub(crate) timer: TimerChange,
 }
@@ -107,8 +103,8 @@ pub(crate) struct CoalescedBatch {
 
 pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> CoalescedBatch {
     let mut writes: Vec<SnapshotWrite> = Vec::with_capacity(entries.len());
-    // Per order: its write's index and whether it had live gateway work before the batch.
-    let mut by_order: std::collections::HashMap<OrderId, (usize, bool), ahash::RandomState> =
+    // Per order: its write's index.
+    let mut by_order: std::collections::HashMap<OrderId, usize, ahash::RandomState> =
         std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     let mut write_of_entry = Vec::with_capacity(entries.len());
     for (entry, stale) in entries.iter_mut().zip(stale) {
@@ -118,11 +114,11 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
         }
         let Some(write) = entry.write.take() else {
             // Reads and rejections ride on the order's write in this batch, if any.
-            write_of_entry.push(by_order.get(&entry.order_id).map(|(i, _)| *i));
+            write_of_entry.push(by_order.get(&entry.order_id).copied());
             continue;
         };
         match by_order.get(&entry.order_id) {
-            Some(&(i, live_before)) => {
+            Some(&i) => {
                 // Versions grow by one per applied command, also within a batch (a rewrite
                 // of the timer index entry keeps the version).
                 debug_assert_eq!(write.expected_version, writes[i].version);
@@ -132,11 +128,10 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
                     writes[i].timer = write.timer;
                 }
                 writes[i].events.append(&mut entry.events);
-                writes[i].payments_index = IndexChange::between(live_before, write.live_after);
                 write_of_entry.push(Some(i));
             }
             None => {
-                by_order.insert(entry.order_id, (writes.len(), write.live_before));
+                by_order.insert(entry.order_id, writes.len());
                 write_of_entry.push(Some(writes.len()));
                 debug_assert!(write.version - write.expected_version <= 1);
                 writes.push(SnapshotWrite {
@@ -144,7 +139,6 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
                     version: write.version,
                     bytes: write.bytes,
                     events: std::mem::take(&mut entry.events),
-                    payments_index: IndexChange::between(write.live_before, write.live_after),
                     timer: write.timer,
                 });
             }

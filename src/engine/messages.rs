@@ -113,9 +113,6 @@ impl Message for Dispatch {
 pub(crate) enum Work {
     /// A client's (or the engine's) request.
     Request(Request),
-    /// Resume gateway work after a restart: query the live attempt's real outcome and re-send
-    /// a pending refund (same idempotency key), never charge blindly.
-    Resume,
     /// The order's timer index entry came due: fire what is due, or correct the entry.
     FireTimers,
 }
@@ -124,7 +121,7 @@ pub(crate) enum Work {
 /// client will retry them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Origin {
-    /// A client (or the engine's recovery), who sees the answer.
+    /// A client (or the engine itself: a timer), who sees the answer.
     Client,
     /// A gateway verdict; `redeliveries` counts how often it was delivered again already.
     Gateway { redeliveries: u8 },

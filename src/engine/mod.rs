@@ -73,7 +73,7 @@ impl Engine {
             .collect();
         let gateways = Gateways::start_with_clock(settings, Arc::clone(&clock));
         let limits = ShardLimits::from_settings(settings);
-        let policy = settings.orders.policy();
+        let policy = settings.policy();
         let timer_rate = Arc::new(shard::FireRate::new(settings.timers.catch_up_per_s_max));
         let mailbox = settings.engine.shard_mailbox_capacity;
         // Distinguishes this engine's commit groups from another engine's on the same thread.

@@ -12,8 +12,8 @@ use super::commit::{CommitEntry, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work};
 use super::shard::ShardCore;
 use crate::domain::{
-    apply, armed_timers, due_commands, next_due, AttemptStatus, Command, CommandEnvelope, Effect,
-    Order, OrderId, PaymentMethod, Rejection, Timestamp,
+    apply, due_timers, next_due, AttemptStatus, Command, CommandEnvelope, Effect, Order, OrderId,
+    PaymentMethod, Rejection, TimerKind, Timestamp,
 };
 use crate::gateway::{GatewayJob, JobKind, DETACHED};
 use crate::store::{snapshot, StoreError, TimerChange};
@@ -71,7 +71,14 @@ pub struct OrderActor {
     load_error: Option<Box<StoreError>>,
     /// True until the first load finished (or when created for a fresh id: nothing to load).
     needs_load: bool,
+    /// When this actor last handed gateway work over (0: none under way): a payment check
+    /// that comes due meanwhile does not resume the work a second time.
+    gateway_busy_since: Timestamp,
 }
+
+/// How long handed-over gateway work counts as under way before a payment check resumes it
+/// anyway (longer than an attempt, its sync window and its reversal).
+const GATEWAY_BUSY_MAX_MS: i64 = 120_000;
 
 impl OrderActor {
     pub(crate) fn new(
@@ -87,6 +94,7 @@ impl OrderActor {
             incarnation,
             load_error: None,
             needs_load: !fresh,
+            gateway_busy_since: Timestamp(0),
         }
     }
 
@@ -158,7 +166,6 @@ impl OrderActor {
             }
         };
         let request = match work {
-            Work::Resume => return self.resume(token, current_order),
             Work::FireTimers => return self.fire_timers(token, current_order),
             Work::Request(request) => request,
         };
@@ -175,11 +182,11 @@ impl OrderActor {
             }
             Request::Command(envelope) => envelope,
         };
-        self.apply_command(token, forwarded, origin, current_order, envelope, false)
+        self.apply_command(token, forwarded, origin, current_order, envelope)
     }
 
-    /// Applies one command; `exact_index` sets the order's timer index entry to exactly its
-    /// next timer (after a timer fired), instead of only moving it earlier.
+    /// Applies one command; the order's timer index entry follows its next timer in the same
+    /// write.
     fn apply_command(
         &mut self,
         token: usize,
@@ -187,7 +194,6 @@ impl OrderActor {
         origin: Origin,
         current_order: Option<Arc<Order>>,
         envelope: CommandEnvelope,
-        exact_index: bool,
     ) -> CommitEntry {
         let now = self.core.now();
         let policy = &self.core.policy;
@@ -200,7 +206,7 @@ impl OrderActor {
                 let timer = if applied.duplicate {
                     TimerChange::Unchanged
                 } else {
-                    index_timer(&mut applied.order, exact_index)
+                    index_timer(&mut applied.order)
                 };
                 let bytes = (!applied.duplicate).then(|| snapshot::encode(&applied.order));
                 (applied, bytes, timer)
@@ -253,8 +259,6 @@ impl OrderActor {
                     expected_version,
                     version: applied.order.version,
                     bytes,
-                    live_before: current.is_some_and(has_gateway_work),
-                    live_after: has_gateway_work(&applied.order),
                     timer,
                 });
                 if let Origin::Gateway { redeliveries } = origin {
@@ -298,6 +302,11 @@ impl OrderActor {
                 }
                 entry.exists = true;
                 entry.settled = applied.order.is_settled();
+                if !entry.jobs.is_empty() {
+                    self.gateway_busy_since = now;
+                } else if !has_gateway_work(&applied.order) {
+                    self.gateway_busy_since = Timestamp(0);
+                }
                 let order = Arc::new(applied.order);
                 entry.result = Ok(CommandOutcome {
                     order: Arc::clone(&order),
@@ -314,11 +323,11 @@ impl OrderActor {
 }
 
 impl OrderActor {
-    /// A timer index entry of this order came due: fire the order's earliest due timer as its
-    /// command, or, when nothing is due (the entry was stale: the timer moved later or went
-    /// away), move the entry to the order's next timer or remove it. Each fire commits with
-    /// the entry moved on, so an entry is never fired twice for the same due time, and a
-    /// refused command removes the entry (the next transition re-arms it) instead of retrying.
+    /// A timer index entry of this order came due: fire the order's earliest due timer (a
+    /// domain command, or the engine's payment check), or, when nothing is due (a stale entry
+    /// left by a crash), move the entry to the order's next timer. Each fire commits with the
+    /// entry moved on, so an entry is never fired twice for the same due time; a refused
+    /// command removes the entry (the next transition re-arms it) instead of retrying.
     fn fire_timers(&mut self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
         let Some(order) = current else {
             let rejected = Err(EngineError::Rejected(Rejection::OrderNotFound(self.id)));
@@ -327,76 +336,91 @@ impl OrderActor {
             return entry;
         };
         let now = self.core.now();
-        if let Some(command) = due_commands(&order, now).into_iter().next() {
-            let due_at = armed_timers(&order)
-                .iter()
-                .filter(|(kind, _)| kind.command() == command)
-                .map(|(_, at)| *at)
-                .min()
-                .unwrap_or(now);
-            let kind = command.verb();
-            let envelope = CommandEnvelope::new(command);
-            let entry = self.apply_command(
-                token,
-                false,
-                Origin::Client,
-                Some(Arc::clone(&order)),
-                envelope,
-                true,
-            );
-            match &entry.result {
-                Err(EngineError::Rejected(_)) => {
-                    telemetry::record_timer_fired(kind, "refused", 0.0);
-                    return self.reindex(token, &order, true);
-                }
-                _ => telemetry::record_timer_fired(
-                    kind,
-                    "fired",
-                    (now.0 - due_at.0).max(0) as f64 / 1000.0,
-                ),
-            }
-            return entry;
+        let Some(&(kind, due_at)) = due_timers(&order, now).first() else {
+            return self.reindex(token, &order);
+        };
+        let lag = (now.0 - due_at.0).max(0) as f64 / 1000.0;
+        let Some(command) = kind.command() else {
+            return self.check_payment(token, &order, lag);
+        };
+        let verb = command.verb();
+        let entry = self.apply_command(
+            token,
+            false,
+            Origin::Client,
+            Some(Arc::clone(&order)),
+            CommandEnvelope::new(command),
+        );
+        if let Err(EngineError::Rejected(rejection)) = &entry.result {
+            tracing::warn!(order = %self.id, timer = verb, %rejection, "due timer refused");
+            telemetry::record_timer_fired(verb, "refused", 0.0);
+            let mut unarmed = (*order).clone();
+            disarm(&mut unarmed, kind);
+            return self.reindex(token, &Arc::new(unarmed));
         }
-        self.reindex(token, &order, false)
+        telemetry::record_timer_fired(verb, "fired", lag);
+        entry
     }
 
-    /// Rewrites the order's timer index entry to exactly its next timer (or removes it; with
-    /// `remove` always). The snapshot is written again with the same version, since it
-    /// records what the index holds.
-    fn reindex(&mut self, token: usize, order: &Arc<Order>, remove: bool) -> CommitEntry {
+    /// The payment check came due: while this actor's gateway work is under way (and not
+    /// overdue) the check is simply moved on; otherwise the work is resumed as after a
+    /// restart (the live attempt queried, never charged again; a pending refund re-sent
+    /// under its key) and the check moved on, so a resume lost to a crash happens again.
+    fn check_payment(&mut self, token: usize, order: &Arc<Order>, lag: f64) -> CommitEntry {
+        let now = self.core.now();
+        let check_ms = self.core.policy.payment_check_after_ms.max(1_000);
+        let since = self.gateway_busy_since;
+        let busy = since.0 != 0 && now.0 - since.0 < GATEWAY_BUSY_MAX_MS;
         let mut next = (**order).clone();
-        let timer = if remove {
-            if next.timer_indexed_at.0 == 0 {
-                TimerChange::Unchanged
-            } else {
-                next.timer_indexed_at = Timestamp(0);
-                TimerChange::Remove
-            }
+        next.payment_check_at = now.plus_ms(check_ms);
+        let jobs = if busy {
+            Default::default()
         } else {
-            index_timer(&mut next, true)
+            telemetry::record_timer_fired("payment_check", "fired", lag);
+            self.gateway_busy_since = now;
+            let jobs = resume_jobs(order);
+            telemetry::record_payments_resumed(jobs.len() as u64);
+            jobs
         };
+        let mut entry = self.reindex(token, &Arc::new(next));
+        entry.jobs = jobs;
+        entry.verb = "payment_check";
+        entry
+    }
+
+    /// Writes `order` again under the same version with its timer index entry set to
+    /// exactly its next timer (the snapshot records what the index holds). Nothing is written
+    /// when neither the entry nor the order changed.
+    fn reindex(&mut self, token: usize, order: &Arc<Order>) -> CommitEntry {
+        let mut next = (**order).clone();
+        let timer = index_timer(&mut next);
+        let unchanged = self
+            .order
+            .materialize()
+            .ok()
+            .flatten()
+            .is_some_and(|current| *current == next);
         let outcome = |order: Arc<Order>| {
             Ok(CommandOutcome {
                 order,
                 duplicate: true,
             })
         };
-        if timer == TimerChange::Unchanged {
+        if timer == TimerChange::Unchanged && unchanged {
             let mut entry = self.entry(token, false, outcome(Arc::clone(order)));
             entry.verb = "timer";
             return entry;
         }
-        telemetry::record_timer_reindexed();
+        if timer != TimerChange::Unchanged {
+            telemetry::record_timer_reindexed();
+        }
         let bytes = snapshot::encode(&next);
         let mut entry = self.entry(token, false, Err(EngineError::Stopped));
         entry.verb = "timer";
-        let live = has_gateway_work(&next);
         entry.write = Some(PendingWrite {
             expected_version: next.version,
             version: next.version,
             bytes,
-            live_before: live,
-            live_after: live,
             timer,
         });
         entry.exists = true;
@@ -404,43 +428,6 @@ impl OrderActor {
         let next = Arc::new(next);
         entry.result = outcome(Arc::clone(&next));
         self.order = OrderState::from_order(next, entry.write.as_ref().map(|w| &w.bytes[..]));
-        entry
-    }
-
-    /// Resumes an order's gateway work after a restart: its live attempt is queried (never
-    /// charged again blindly) and its pending refund re-sent under the same key.
-    fn resume(&self, token: usize, current: Option<Arc<Order>>) -> CommitEntry {
-        let Some(order) = current else {
-            let mut entry = self.entry(
-                token,
-                false,
-                Err(EngineError::Rejected(Rejection::OrderNotFound(self.id))),
-            );
-            entry.verb = "resume";
-            return entry;
-        };
-        let mut jobs: smallvec::SmallVec<[GatewayJob; 1]> = Default::default();
-        if let Some(attempt) = order.live_attempt() {
-            jobs.extend(query_job(&order, attempt.attempt_no));
-        }
-        if let Some(refund) = order.pending_refund() {
-            jobs.push(refund_job(
-                &order,
-                refund.refund_no,
-                order.header.payment_method,
-                refund.amount_minor,
-            ));
-        }
-        let mut entry = self.entry(
-            token,
-            false,
-            Ok(CommandOutcome {
-                order,
-                duplicate: true,
-            }),
-        );
-        entry.jobs = jobs;
-        entry.verb = "resume";
         entry
     }
 }
@@ -483,16 +470,15 @@ impl Handler<Reload> for OrderActor {
 /// Whether the order has gateway work in flight: a live payment attempt or a pending refund.
 /// Such orders are kept in the store's index that a restarted engine resumes from.
 /// Keeps the shard's timer index in step with `order` after a change, and records in the
-/// order what the index will hold. The entry only ever moves earlier here (an order whose next
-/// timer moved later keeps its earlier entry, corrected when that comes due), and is removed
-/// once the order settled, when it can never have a timer again: so a typical lifecycle writes
-/// the index twice. With `exact` the entry is set to exactly the next timer (after a fire).
-fn index_timer(order: &mut Order, exact: bool) -> TimerChange {
+/// order what the index will hold: one entry per order, scored by its next timer, set or
+/// removed in the same atomic write as the snapshot whenever that time changes. (Moving an
+/// entry costs Redis a sorted-set update inside the batch; leaving it stale would cost a
+/// wasted activation and write when it came due.)
+fn index_timer(order: &mut Order) -> TimerChange {
     let indexed = order.timer_indexed_at;
     let change = match next_due(order) {
-        Some(due) if exact && due != indexed => TimerChange::Set(due),
-        Some(due) if indexed.0 == 0 || due < indexed => TimerChange::Set(due),
-        None if indexed.0 != 0 && (exact || order.is_settled()) => TimerChange::Remove,
+        Some(due) if due != indexed => TimerChange::Set(due),
+        None if indexed.0 != 0 => TimerChange::Remove,
         _ => TimerChange::Unchanged,
     };
     match change {
@@ -501,6 +487,35 @@ fn index_timer(order: &mut Order, exact: bool) -> TimerChange {
         TimerChange::Unchanged => {}
     }
     change
+}
+
+/// Turns off one due timer that the domain refused (its next transition re-arms it).
+fn disarm(order: &mut Order, kind: TimerKind) {
+    match kind {
+        TimerKind::PaymentReminder => order.reminder_at = Timestamp(0),
+        TimerKind::UnpaidExpiry => order.expires_at = Timestamp(0),
+        TimerKind::AutoComplete => order.complete_at = Timestamp(0),
+        TimerKind::ShipSla => order.ship_sla_at = Timestamp(0),
+        TimerKind::PaymentCheck => order.payment_check_at = Timestamp(0),
+    }
+}
+
+/// The gateway jobs that resume an order's live work: a query of the live attempt (never a
+/// second charge) and the pending refund under its key.
+fn resume_jobs(order: &Order) -> smallvec::SmallVec<[GatewayJob; 1]> {
+    let mut jobs: smallvec::SmallVec<[GatewayJob; 1]> = Default::default();
+    if let Some(attempt) = order.live_attempt() {
+        jobs.extend(query_job(order, attempt.attempt_no));
+    }
+    if let Some(refund) = order.pending_refund() {
+        jobs.push(refund_job(
+            order,
+            refund.refund_no,
+            order.header.payment_method,
+            refund.amount_minor,
+        ));
+    }
+    jobs
 }
 
 fn has_gateway_work(order: &Order) -> bool {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{
-    DueTimer, IndexChange, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore,
-    StoreError, StoredSnapshot, TimerChange, TimerCounts,
+    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StoreError,
+    StoredSnapshot, TimerChange, TimerCounts,
 };
 use crate::domain::{OrderId, Timestamp};
 
@@ -19,7 +19,6 @@ use crate::domain::{OrderId, Timestamp};
 #[derive(Default)]
 struct ShardMap {
     orders: HashMap<OrderId, Vec<u8>, ahash::RandomState>,
-    live_payments: BTreeSet<OrderId>,
     /// The timer index: entries ordered by due time, and each order's entry.
     timers: BTreeSet<(Timestamp, OrderId)>,
     timer_of: HashMap<OrderId, Timestamp, ahash::RandomState>,
@@ -202,15 +201,6 @@ impl MemoryShardWriter {
                 continue;
             }
             for write in batch.writes {
-                match write.payments_index {
-                    IndexChange::Unchanged => {}
-                    IndexChange::Add => {
-                        map.live_payments.insert(write.order_id);
-                    }
-                    IndexChange::Remove => {
-                        map.live_payments.remove(&write.order_id);
-                    }
-                }
                 match write.timer {
                     TimerChange::Unchanged => {}
                     TimerChange::Set(due) => {
@@ -285,29 +275,6 @@ impl SnapshotStore for MemoryStore {
 
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>> {
         future::ready(Ok(())).boxed()
-    }
-
-    fn scan_live_payments(
-        &self,
-        shard: u32,
-        cursor: u128,
-        count: usize,
-    ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
-        // The cursor is the last id returned: the next page starts after it.
-        let map = self.inner.shard(shard);
-        let start = std::ops::Bound::Excluded(OrderId::from_u128(cursor));
-        let ids: Vec<OrderId> = map
-            .live_payments
-            .range((start, std::ops::Bound::Unbounded))
-            .take(count.max(1))
-            .copied()
-            .collect();
-        let next = if ids.len() < count.max(1) {
-            0
-        } else {
-            ids.last().map_or(0, |id| id.as_uuid().as_u128())
-        };
-        future::ready(Ok((next, ids))).boxed()
     }
 
     fn due_timers(

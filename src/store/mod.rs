@@ -16,7 +16,7 @@ pub mod snapshot;
 
 use std::sync::Arc;
 
-use futures_util::future::{BoxFuture, FutureExt};
+use futures_util::future::BoxFuture;
 
 use crate::domain::OrderId;
 
@@ -32,9 +32,6 @@ pub struct SnapshotWrite {
     /// Outbox events produced by the commands this write makes durable, pre-encoded (each
     /// names the version its own command produced, see [`outbox`]).
     pub events: outbox::OutboxEvents,
-    /// How this write changes the shard's index of orders with live gateway work (a live
-    /// payment attempt or a pending refund), applied atomically with the snapshot.
-    pub payments_index: IndexChange,
     /// How this write changes the shard's durable timer index, applied atomically with the
     /// snapshot.
     pub timer: TimerChange,
@@ -100,30 +97,6 @@ pub struct LeaseOwner {
 pub struct Lease {
     /// The fencing token: strictly greater than any token an earlier owner of the shard held.
     pub token: u64,
-}
-
-/// A change to a shard's index of orders with live gateway work; the index is what a restarted
-/// engine scans to resume payments, so it changes in the same atomic write as the snapshot.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum IndexChange {
-    /// No change (the common case: most writes neither start nor settle gateway work).
-    #[default]
-    Unchanged,
-    /// The order now has live gateway work.
-    Add,
-    /// The order's gateway work is settled.
-    Remove,
-}
-
-impl IndexChange {
-    /// The change from an order having live gateway work `before` a write to `after` it.
-    pub fn between(before: bool, after: bool) -> IndexChange {
-        match (before, after) {
-            (false, true) => IndexChange::Add,
-            (true, false) => IndexChange::Remove,
-            _ => IndexChange::Unchanged,
-        }
-    }
 }
 
 /// Why the store could not do what was asked. Every variant is retryable by the client: the
@@ -203,19 +176,6 @@ pub trait SnapshotStore: Send + Sync + 'static {
 
     /// Checks the store is reachable (for readiness).
     fn ping(&self) -> BoxFuture<'static, Result<(), StoreError>>;
-
-    /// One page of the shard's index of orders with live gateway work: at most about `count`
-    /// ids from `cursor` (0 starts a scan) and the cursor of the next page (0: done). An order
-    /// in the index for the whole scan is returned at least once; ids may repeat.
-    fn scan_live_payments(
-        &self,
-        shard: u32,
-        cursor: u128,
-        count: usize,
-    ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
-        let _ = (shard, cursor, count);
-        futures_util::future::ready(Ok((0, Vec::new()))).boxed()
-    }
 
     /// At most `limit` entries of the shard's timer index due at `now` or earlier, earliest
     /// first. Entries stay until a write of their order changes them.

@@ -2,19 +2,19 @@
 //! inside), written in fenced batches.
 //!
 //! Keys are `<prefix>:{<shard>}:…`; the `{<shard>}` hash tag keeps one shard's keys (snapshots,
-//! outbox, payments index, lease, epoch) in one Redis Cluster slot, so a batch is one atomic call.
+//! outbox, timer index, lease, epoch) in one Redis Cluster slot, so a batch is one atomic call.
 //!
 //! **Ownership.** A shard's lease `<prefix>:{<shard>}:lease` holds `<token>:<node-id>` with a TTL;
 //! the token comes from `INCR <prefix>:{<shard>}:epoch` (no TTL) on every acquisition, so it only
 //! grows even when a lease expires.
 //!
 //! **The batch write** covers a group of shards (the shards of one arbiter thread) and is one
-//! `MULTI` / `MSET` / (`SADD`, `SREM` of each shard's payments index) / (`ZADD`, `ZREM` of each
-//! shard's timer index) / `XADD` + `XLEN` per shard / `EXEC`, guarded by a `WATCH` of every
-//! held lease, on a connection that belongs to the group alone (WATCH state is per connection,
-//! so a shared multiplexed one cannot carry it). Every transaction is followed, in the same pipeline, by `WATCH` + `MGET` of the leases: the next
-//! batch is then guarded from the moment this one ended, and the `MGET` proves the watch started
-//! while each lease was still ours. Anything that touches a lease in between (a takeover, a
+//! `MULTI` / `MSET` / (`ZADD`, `ZREM` of each shard's timer index) / `XADD` + `XLEN` per
+//! shard / `EXEC`, guarded by a `WATCH` of every held lease, on a connection that belongs to
+//! the group alone (WATCH state is per connection, so a shared multiplexed one cannot carry
+//! it). Every transaction is followed, in the same pipeline, by `WATCH` + `MGET` of the
+//! leases: the next batch is then guarded from the moment this one ended, and the `MGET`
+//! proves the watch started while each lease was still ours. Anything that touches a lease in between (a takeover, a
 //! release, its expiry: Redis ≥ 6.0.9 aborts `EXEC` on an expired watched key) aborts the next
 //! `EXEC`, which then writes nothing; the writer forgets the shards whose lease moved, refuses
 //! their part as `Fenced`, and retries the rest. So a batch costs one round trip and no
@@ -66,8 +66,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::resp::{Reply, Request, RespConnection};
 use super::{
-    DueTimer, IndexChange, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore,
-    StoreError, StoredSnapshot, TimerChange, TimerCounts,
+    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StoreError,
+    StoredSnapshot, TimerChange, TimerCounts,
 };
 use crate::config::RedisSettings;
 use crate::domain::{OrderId, Timestamp};
@@ -189,12 +189,6 @@ impl RedisStore {
     /// its cap (`[outbox] max_entries_per_shard`). Nothing reads or trims it by itself.
     pub fn overflow_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:events:overflow")
-    }
-
-    /// The key of a shard's set of orders with live gateway work (a live payment attempt or a
-    /// pending refund), scanned on start to resume them.
-    pub fn payments_key(prefix: &str, shard: u32) -> String {
-        format!("{prefix}:{{{shard}}}:payments")
     }
 
     /// The key of a shard's durable timer index: a sorted set of order ids scored by due time
@@ -462,24 +456,6 @@ impl RedisShardWriter {
             queued += 1;
         }
         for batch in batches {
-            let payments = RedisStore::payments_key(&self.prefix, batch.shard);
-            for (change, command) in [(IndexChange::Add, "SADD"), (IndexChange::Remove, "SREM")] {
-                let members = batch
-                    .writes
-                    .iter()
-                    .filter(|w| w.payments_index == change)
-                    .count();
-                if members == 0 {
-                    continue;
-                }
-                request.command(2 + members).arg(command).arg(&payments);
-                for write in batch.writes.iter().filter(|w| w.payments_index == change) {
-                    text.clear();
-                    push_uuid(text, write.order_id);
-                    request.arg(text.as_bytes());
-                }
-                queued += 1;
-            }
             // The timer index: one ZADD of every order whose entry moved and one ZREM of the
             // removed ones. When an order's entry changes twice in one batch only its last
             // change counts (the writes are in commit order).
@@ -805,34 +781,6 @@ impl SnapshotStore for RedisStore {
             request: Request::default(),
             text: String::with_capacity(4096),
         })
-    }
-
-    fn scan_live_payments(
-        &self,
-        shard: u32,
-        cursor: u128,
-        count: usize,
-    ) -> BoxFuture<'static, Result<(u128, Vec<OrderId>), StoreError>> {
-        let mut connection = self.connection(shard);
-        let key = RedisStore::payments_key(&self.prefix, shard);
-        let timeout_ms = self.command_timeout_ms;
-        async move {
-            with_timeout(timeout_ms, async {
-                let (next, members): (u64, Vec<String>) = redis::cmd("SSCAN")
-                    .arg(&key)
-                    .arg(cursor as u64)
-                    .arg("COUNT")
-                    .arg(count.max(1))
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                // A member that is not an order id was not written by this engine: skip it.
-                let ids = members.iter().filter_map(|m| OrderId::parse(m)).collect();
-                Ok((u128::from(next), ids))
-            })
-            .await
-        }
-        .boxed()
     }
 
     fn due_timers(

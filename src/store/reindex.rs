@@ -1,5 +1,6 @@
-//! Rebuilding a store's indexes from its snapshots (`orderly admin reindex`): the timer index
-//! and the payments index of every shard. For orders stored before the timer index existed,
+//! Rebuilding a store's timer index from its snapshots (`orderly admin reindex`), for every
+//! shard. The index also schedules the payment checks that resume live gateway work, so this
+//! is what an upgrade from a release without it runs once. For orders stored before the timer index existed,
 //! and for disaster recovery.
 //!
 //! It takes every shard's lease first (under its own node id), so no engine can write while
@@ -7,13 +8,11 @@
 //! holds a shard. It then walks the snapshots with a bounded scan (`SCAN … COUNT` on Redis),
 //! and rewrites each page's orders in one fenced batch per page: the same snapshot (same
 //! version) recording what the index now holds, with the order's timer entry set to its next
-//! timer (or removed) and its payments index entry added or removed.
+//! timer (or removed).
 
 use std::collections::BTreeMap;
 
-use super::{
-    IndexChange, LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite, StoreError, TimerChange,
-};
+use super::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite, StoreError, TimerChange};
 use crate::domain::next_due;
 use crate::store::snapshot;
 
@@ -24,7 +23,7 @@ pub struct ReindexReport {
     pub scanned: u64,
     /// Orders that have an armed timer (now in the timer index).
     pub timers_armed: u64,
-    /// Orders with live gateway work (now in the payments index).
+    /// Orders with live gateway work (their payment check is in the timer index).
     pub live_payments: u64,
     /// Snapshots that could not be decoded (left untouched).
     pub unreadable: u64,
@@ -111,11 +110,6 @@ async fn walk(
                     version: order.version,
                     bytes: snapshot::encode(&order),
                     events: Default::default(),
-                    payments_index: if live {
-                        IndexChange::Add
-                    } else {
-                        IndexChange::Remove
-                    },
                     timer,
                 });
         }

@@ -114,6 +114,8 @@ struct SnapshotV1<'a> {
     complete_at: i64,
     #[serde(default)]
     timer_indexed_at: i64,
+    #[serde(default)]
+    payment_check_at: i64,
 }
 
 fn price_minor(price: Decimal, currency: Currency) -> i64 {
@@ -128,7 +130,7 @@ fn price_minor(price: Decimal, currency: Currency) -> i64 {
 /// Number of fields of `SnapshotV1` in schemas 1 and 2.
 const V1_FIELDS: u32 = 24;
 /// Number of fields in schema 3 (the timer fields appended).
-const V3_FIELDS: u32 = 28;
+const V3_FIELDS: u32 = 29;
 
 /// Writes the `SnapshotV1` field layout (timestamps per `schema`) with `rmp` directly: encoding runs once per command, and the
 /// generic serde path cost about three times as much as these few integer and string writes.
@@ -214,6 +216,7 @@ fn write_snapshot(
         write_sint(out, relative(order.ship_sla_at.0))?;
         write_sint(out, relative(order.complete_at.0))?;
         write_sint(out, relative(order.timer_indexed_at.0))?;
+        write_sint(out, relative(order.payment_check_at.0))?;
     }
     Ok(())
 }
@@ -319,6 +322,7 @@ pub fn decode(bytes: &[u8]) -> Result<Order, CodecError> {
         ship_sla_at: time(wire.ship_sla_at),
         complete_at: time(wire.complete_at),
         timer_indexed_at: time(wire.timer_indexed_at),
+        payment_check_at: time(wire.payment_check_at),
         recent: RecentCommands { slots: wire.recent },
     })
 }
@@ -401,6 +405,7 @@ mod tests {
         order.ship_sla_at = Timestamp(0);
         order.complete_at = Timestamp(0);
         order.timer_indexed_at = Timestamp(0);
+        order.payment_check_at = Timestamp(0);
         let mut v1 = Vec::new();
         write_snapshot(&mut v1, &order, 1).unwrap();
         assert_eq!(v1[3], 1, "a schema-1 snapshot");
@@ -430,7 +435,7 @@ mod tests {
     #[test]
     fn newer_schema_is_refused_with_a_clear_error() {
         let mut bytes = encode(&shipped_order());
-        // 28 fields: array16 header (0xdc, two length bytes), then the schema.
+        // 29 fields: array16 header (0xdc, two length bytes), then the schema.
         assert_eq!(bytes[0], 0xdc);
         bytes[3] = SCHEMA_VERSION + 1;
         assert!(matches!(decode(&bytes), Err(CodecError::UnknownSchema(_))));

@@ -381,8 +381,8 @@ impl ShardCore {
         );
         // Requests that waited for the first acquisition go now.
         self.drain_waiting();
-        // Resume the payments the index lists: after a start, and after a takeover back.
-        actix_rt::spawn(Rc::clone(self).recover_payments());
+        // Live payments resume through their durable payment-check timers (see `timers`):
+        // no scan at start.
     }
 
     /// The first acquisition found the lease held by another node (or could not ask): refuse

@@ -12,14 +12,12 @@
 //! - `commit_loop`: the commit group of a thread: leases (acquire, renew, lose, release) and
 //!   group commit of its shards' batches in one fenced write;
 //! - `gateway_link`: jobs to the gateway actors and their verdicts back;
-//! - `recovery`: resuming live payments after a start or a takeover;
 //! - `passivation`: the idle sweep and eviction;
 //! - `timers`: polling the shard's durable timer index and firing due timers.
 
 mod commit_loop;
 mod gateway_link;
 mod passivation;
-mod recovery;
 mod routing;
 mod timers;
 
@@ -57,7 +55,6 @@ pub(crate) struct ShardLimits {
     pub(crate) waiting_max: usize,
     pub(crate) batch_size_max: usize,
     pub(crate) flush_interval: Duration,
-    pub(crate) recovery_batch_size: usize,
     /// How often the lease is renewed (and, while another node holds it, asked for again).
     pub(crate) lease_renew_interval: Duration,
     /// Arbiter threads the shards are spread over.
@@ -78,7 +75,6 @@ impl ShardLimits {
             waiting_max: settings.engine.waiting_commands_max,
             batch_size_max: settings.commit.batch_size_max,
             flush_interval: Duration::from_micros(settings.commit.flush_interval_us),
-            recovery_batch_size: settings.payments.recovery_batch_size.max(1),
             lease_renew_interval: Duration::from_millis(
                 settings.cluster.effective_renew_interval_ms(),
             ),
