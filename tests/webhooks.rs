@@ -417,3 +417,69 @@ async fn entries_left_pending_by_a_dead_consumer_are_reclaimed() {
     );
     orderly.shutdown().await;
 }
+
+#[actix_rt::test]
+async fn retries_wait_on_the_clock() {
+    use orderly::clock::{ManualClock, SharedClock};
+    let server = RedisServer::start();
+    let hook = Receiver::start(SECRET, Behaviour::FailFirst(1));
+    let mut config = settings(&server.url(), vec![receiver("clocked", &hook.url)]);
+    config.outbox.trim_interval_ms = 0;
+    // Full jitter over ten minutes: the retry waits (almost surely) far longer than the test.
+    config.webhooks.retry_initial_ms = 600_000;
+    config.webhooks.retry_cap_ms = 600_000;
+    config.webhooks.retry_elapsed_max_ms = 3_600_000;
+    let plain = within("start", Orderly::start(settings(&server.url(), Vec::new())))
+        .await
+        .expect("starts");
+    let id = OrderId::new();
+    within(
+        "place",
+        plain.engine.execute(
+            id,
+            Request::Command(CommandEnvelope::new(Command::PlaceOrder(Box::new(
+                new_order(1),
+            )))),
+            Admission::Wait,
+        ),
+    )
+    .await
+    .expect("placed");
+    let clock = ManualClock::starting_now();
+    let shared: SharedClock = clock.clone();
+    let tasks = orderly::webhooks::start(&config, shared)
+        .await
+        .expect("starts")
+        .expect("a receiver is configured");
+    // The worker polls on the clock too: tick it until the first (failing) try happened.
+    let mut ticks = 0;
+    while hook.seen.lock().unwrap().requests == 0 && ticks < 500 {
+        clock.advance(Duration::from_millis(50));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        ticks += 1;
+    }
+    assert_eq!(
+        hook.seen.lock().unwrap().requests,
+        1,
+        "the first try failed"
+    );
+    // The clock stands still: the retry does not happen, however long the real wait.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(
+        hook.seen.lock().unwrap().requests,
+        1,
+        "no retry before the clock moves"
+    );
+    clock.advance(Duration::from_secs(601));
+    assert!(
+        hook.wait_until(Duration::from_secs(5), |s| s.accepted.len() == 1)
+            .await,
+        "the retry runs once the clock passed its delay"
+    );
+    assert_eq!(
+        hook.event_ids(),
+        [format!("{id}:1:0")].into_iter().collect::<BTreeSet<_>>()
+    );
+    tasks.stop().await;
+    plain.shutdown().await;
+}
