@@ -18,8 +18,15 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// The entry's event lines (without their `\n`).
+    /// The entry's events, each expanded from its stored form into the delivered JSON
+    /// (see [`crate::store::outbox::expand`]); a line that cannot be read is skipped.
     pub fn lines(&self) -> impl Iterator<Item = Bytes> + '_ {
+        self.stored_lines()
+            .filter_map(|line| crate::store::outbox::expand(&line).map(Bytes::from))
+    }
+
+    /// The entry's stored event lines (without their `\n`).
+    fn stored_lines(&self) -> impl Iterator<Item = Bytes> + '_ {
         let events = self.events.clone().unwrap_or_default();
         let mut start = 0;
         std::iter::from_fn(move || {

@@ -15,7 +15,9 @@ pub fn read_stream_events(server: &RedisServer, key: &str) -> Vec<serde_json::Va
             .expect("fields");
         let lines = fields[1].as_str().expect("events field");
         for line in lines.lines().filter(|l| !l.is_empty()) {
-            events.push(serde_json::from_str(line).expect("an event line is JSON"));
+            let expanded = orderly::store::outbox::expand(line.as_bytes())
+                .expect("an event line in the stored form");
+            events.push(serde_json::from_slice(&expanded).expect("an event is JSON"));
         }
     }
     events
