@@ -74,6 +74,9 @@ pub async fn spawn_redis_app_with(configure: impl FnOnce(&mut Settings)) -> Test
 }
 
 async fn start(settings: Settings, redis: Option<RedisServer>) -> TestApp {
+    // The recorder is process-wide: install it before the engine's first metrics (its lease
+    // acquisitions), as `serve` does, so a test run alone sees them too.
+    let _ = orderly::api::prometheus_handle();
     let orderly = tokio::time::timeout(REQUEST_TIMEOUT, Orderly::start(settings))
         .await
         .expect("store opens in time")

@@ -42,6 +42,10 @@ async fn metrics_count_requests_by_route_and_status() {
         // The app's engine acquired its shard leases at start.
         "orderly_shards_owned",
         "orderly_shard_lease_events_total{event=\"acquired\"}",
+        // Timer series exist before the first timer fires.
+        "orderly_timers_fired_total",
+        "orderly_timers_armed",
+        "orderly_timers_throttled_total",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }
@@ -70,6 +74,10 @@ async fn the_openapi_document_lists_the_real_routes() {
         assert!(paths.contains_key(path), "missing {path}");
     }
     assert!(doc["components"]["schemas"]["OrderView"].is_object());
+    assert!(
+        doc["components"]["schemas"]["TimerView"].is_object(),
+        "an order's armed timers are documented"
+    );
     assert!(doc["components"]["securitySchemes"]["bearer"].is_object());
 }
 
@@ -88,5 +96,9 @@ async fn the_dashboard_is_html() {
     assert!(
         html.contains("orderly_shards_owned"),
         "the dashboard shows shard ownership"
+    );
+    assert!(
+        html.contains("orderly_timers_fired_total"),
+        "the dashboard shows timers"
     );
 }
