@@ -8,7 +8,7 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command as Process, Stdio};
+use std::process::{Child, Command as Process};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -521,24 +521,8 @@ async fn orders_in_the_old_layout_load_and_are_upgraded() {
 /// Starts `orderly serve` on Redis under `node_id` with a short lease; returns the child and
 /// its base URL.
 fn spawn_serve(url: &str, node_id: &str, lease_ttl_ms: u64) -> (Child, String) {
-    let mut child = Process::new(env!("CARGO_BIN_EXE_orderly"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            url,
-            "--node-id",
-            node_id,
-        ])
-        .env_remove("ORDERLY_LOG")
-        .env("ORDERLY__ENGINE__SHARDS", SHARDS.to_string())
-        .env("ORDERLY__ENGINE__ARBITERS", "1")
-        .env("ORDERLY__API__WORKERS", "1")
+    let mut child = support::serve::serve_command(url, node_id, SHARDS, None)
         .env("ORDERLY__CLUSTER__LEASE_TTL_MS", lease_ttl_ms.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
         .expect("orderly serve starts");
     let stderr = child.stderr.take().expect("stderr");

@@ -99,6 +99,20 @@ impl Harness {
             .order
     }
 
+    /// Sends `pay` without waiting for its answer (it answers after the gateway's verdict).
+    fn pay_in_background(&self, id: OrderId) {
+        let engine = self.engine.clone();
+        actix_rt::spawn(async move {
+            let _ = engine
+                .execute(
+                    id,
+                    Request::Command(CommandEnvelope::new(Command::StartPayment { method: None })),
+                    Admission::Wait,
+                )
+                .await;
+        });
+    }
+
     /// Moves the clock to `start + at_ms`.
     fn at(&self, at_ms: i64) {
         self.clock.set(self.start.plus_ms(at_ms));
@@ -245,17 +259,7 @@ async fn expiry_due_during_a_live_attempt_waits_for_it_then_fires() {
     let h = Harness::start(&settings, store).await;
     let id = h.place(3).await;
     h.at(4 * MINUTE);
-    let engine = h.engine.clone();
-    // `pay` answers after the verdict; let it wait in the background.
-    actix_rt::spawn(async move {
-        let _ = engine
-            .execute(
-                id,
-                Request::Command(CommandEnvelope::new(Command::StartPayment { method: None })),
-                Admission::Wait,
-            )
-            .await;
-    });
+    h.pay_in_background(id);
     let deadline = Instant::now() + SETTLE;
     let processing = loop {
         let order = h.read(id).await;
@@ -513,16 +517,7 @@ async fn gateway_retry_backoff_sleeps_on_the_engine_clock() {
     let store = Arc::new(MemoryStore::new(SHARDS));
     let h = Harness::start(&settings, store).await;
     let id = h.place(5).await;
-    let engine = h.engine.clone();
-    actix_rt::spawn(async move {
-        let _ = engine
-            .execute(
-                id,
-                Request::Command(CommandEnvelope::new(Command::StartPayment { method: None })),
-                Admission::Wait,
-            )
-            .await;
-    });
+    h.pay_in_background(id);
     // The retry waits on the manual clock: in real time nothing moves.
     tokio::time::sleep(QUIET * 2).await;
     assert_eq!(h.read(id).await.status, OrderStatus::PaymentProcessing);
