@@ -49,8 +49,7 @@ fn check_outbox(server: &RedisServer, shards: u32, events: &[Value], log: &Log) 
         // bookkeeping, such as an attempt's outcome becoming unknown, emits nothing).
         let latest = of_order
             .iter()
-            .filter(|e| e["order_version"].as_u64().unwrap_or(0) <= *version)
-            .next_back();
+            .rfind(|e| e["order_version"].as_u64().unwrap_or(0) <= *version);
         assert!(
             latest.is_some_and(|e| e["data"]["status"] == status.as_str()),
             "order {id}: the events up to acknowledged version {version} do not end in {status}; events: {of_order:#?}"
