@@ -1,6 +1,8 @@
 //! The outbox against a real, throw-away `redis-server`: every acknowledged transition has its
 //! event (read back through `orderly events`), with a unique `event_id`, also across a SIGKILL
-//! of `orderly serve` mid-load; nothing is trimmed unread; past the cap events land in the
+//! of `orderly serve` mid-load and in a mixed run with flaky payments, cancels, refunds,
+//! reminders and expiries (the events replay every acknowledged status); nothing is trimmed
+//! unread; past the cap events land in the
 //! overflow stream and are counted; `orderly events --follow` shows a short run; bad webhook
 //! and outbox settings fail at start naming the key.
 
