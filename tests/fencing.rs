@@ -13,18 +13,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orderly::config::Settings;
-use orderly::domain::{Command, CommandEnvelope, OrderId, OrderStatus};
-use orderly::engine::{Admission, CommandResult, Engine, EngineError, Request};
+use orderly::domain::{Command, OrderId, OrderStatus};
+use orderly::engine::{Admission, Engine, EngineError, Request};
 use orderly::store::memory::MemoryStore;
 use orderly::store::outbox::OutboxEvents;
 use orderly::store::redis::RedisStore;
 use orderly::store::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite};
+use support::calls::{run, within, CALL_TIMEOUT};
 use support::orders::new_order;
 use support::redis_server::RedisServer;
 use support::stored::{stored_order, stored_version};
 
-/// Longest wait for any single engine or store call in these tests.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const SHARDS: u32 = 8;
 
 fn settings_for(url: &str, node_id: &str, lease_ttl_ms: u64) -> Settings {
@@ -39,28 +38,10 @@ fn settings_for(url: &str, node_id: &str, lease_ttl_ms: u64) -> Settings {
     settings
 }
 
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
-}
-
 async fn open_store(settings: &Settings) -> Arc<dyn SnapshotStore> {
     within("open store", orderly::store::open(settings))
         .await
         .unwrap_or_else(|e| panic!("cannot open store {}: {e}", settings.store.url))
-}
-
-async fn run(engine: &Engine, id: OrderId, command: Command) -> CommandResult {
-    within(
-        "execute",
-        engine.execute(
-            id,
-            Request::Command(CommandEnvelope::new(command)),
-            Admission::Wait,
-        ),
-    )
-    .await
 }
 
 fn cancel() -> Command {

@@ -15,23 +15,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orderly::config::Settings;
-use orderly::domain::{Command, CommandEnvelope, OrderId};
+use orderly::domain::{Command, OrderId};
 use orderly::engine::{Admission, Engine, Request};
 use orderly::store::redis::RedisStore;
 use serde_json::{json, Value};
+use support::calls::{run, within, CALL_TIMEOUT};
 use support::orders::new_order;
 use support::outbox::{all_events, assert_unique_ids, by_order};
 use support::redis_server::RedisServer;
 use support::serve::{config_file, serve_fails, spawn_serve};
 use support::stored::stored_version;
-
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
-}
 
 /// What a client was told: (order id, version, status) per acknowledged answer.
 type Log = Vec<(String, u64, String)>;
@@ -124,20 +117,6 @@ async fn every_acknowledged_transition_has_exactly_one_event() {
     let engine = Engine::start(&settings, store);
     assert!(engine.wait_until_owned(CALL_TIMEOUT).await);
     let mut log: Log = Vec::new();
-    let run = |id: OrderId, command: Command| {
-        let engine = engine.clone();
-        async move {
-            within(
-                "execute",
-                engine.execute(
-                    id,
-                    Request::Command(CommandEnvelope::new(command)),
-                    Admission::Wait,
-                ),
-            )
-            .await
-        }
-    };
     for n in 0..24_u64 {
         let id = OrderId::new();
         let mut order = new_order(n);
@@ -166,7 +145,7 @@ async fn every_acknowledged_transition_has_exactly_one_event() {
             ]),
         }
         for command in steps {
-            if let Ok(outcome) = run(id, command).await {
+            if let Ok(outcome) = run(&engine, id, command).await {
                 log.push((
                     id.to_string(),
                     outcome.order.version,
@@ -549,16 +528,7 @@ async fn a_mixed_run_with_flaky_payments_reminders_and_expiries_matches_the_clie
             ]),
         }
         for command in steps {
-            let answer = within(
-                "execute",
-                engine.execute(
-                    id,
-                    Request::Command(CommandEnvelope::new(command)),
-                    Admission::Wait,
-                ),
-            )
-            .await;
-            if let Ok(outcome) = answer {
+            if let Ok(outcome) = run(&engine, id, command).await {
                 log.push((
                     id.to_string(),
                     outcome.order.version,

@@ -14,21 +14,15 @@ use orderly::config::{Settings, WebhookReceiver};
 use orderly::domain::{Command, CommandEnvelope, OrderId};
 use orderly::engine::{Admission, Engine, Request};
 use serde_json::{json, Value};
+use support::calls::{run, within};
 use support::orders::new_order;
 use support::outbox::all_events;
 use support::receiver::{hmac_sha256, Behaviour, Receiver};
 use support::redis_server::RedisServer;
 use support::serve::{config_file, spawn_serve};
 
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 const SHARDS: u32 = 4;
 const SECRET: &str = "whsec_test";
-
-async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
-}
 
 fn receiver(name: &str, url: &str) -> WebhookReceiver {
     WebhookReceiver {
@@ -77,16 +71,7 @@ async fn run_orders(engine: &Engine, n: u64) -> BTreeSet<String> {
                 tracking_number: Some(format!("T-{i}").into()),
             },
         ] {
-            within(
-                "execute",
-                engine.execute(
-                    id,
-                    Request::Command(CommandEnvelope::new(command)),
-                    Admission::Wait,
-                ),
-            )
-            .await
-            .expect("acknowledged");
+            run(engine, id, command).await.expect("acknowledged");
         }
     }
     ids

@@ -4,6 +4,7 @@
 // Each test binary compiles this module separately and uses only part of it.
 #![allow(dead_code)]
 
+pub mod calls;
 pub mod orders;
 pub mod outbox;
 pub mod receiver;
