@@ -83,6 +83,19 @@ fn check_outbox(server: &RedisServer, shards: u32, events: &[Value], log: &Log) 
     }
 }
 
+/// Applies `steps` to `id` in turn and logs every acknowledged answer.
+async fn run_logged(engine: &Engine, id: OrderId, steps: Vec<Command>, log: &mut Log) {
+    for command in steps {
+        if let Ok(outcome) = run(engine, id, command).await {
+            log.push((
+                id.to_string(),
+                outcome.order.version,
+                outcome.order.status.as_str().to_string(),
+            ));
+        }
+    }
+}
+
 /// Runs `orderly events` (without `--follow`) and parses its NDJSON.
 fn events_command(url: &str, shards: u32) -> Vec<Value> {
     let output = Process::new(env!("CARGO_BIN_EXE_orderly"))
@@ -144,15 +157,7 @@ async fn every_acknowledged_transition_has_exactly_one_event() {
                 Command::RefundOrder { amount_minor: None },
             ]),
         }
-        for command in steps {
-            if let Ok(outcome) = run(&engine, id, command).await {
-                log.push((
-                    id.to_string(),
-                    outcome.order.version,
-                    outcome.order.status.as_str().to_string(),
-                ));
-            }
-        }
+        run_logged(&engine, id, steps, &mut log).await;
     }
     // Let gateway verdicts that answer after their command settle.
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -527,15 +532,7 @@ async fn a_mixed_run_with_flaky_payments_reminders_and_expiries_matches_the_clie
                 Command::RefundOrder { amount_minor: None },
             ]),
         }
-        for command in steps {
-            if let Ok(outcome) = run(&engine, id, command).await {
-                log.push((
-                    id.to_string(),
-                    outcome.order.version,
-                    outcome.order.status.as_str().to_string(),
-                ));
-            }
-        }
+        run_logged(&engine, id, steps, &mut log).await;
     }
     // The timers run on their own: wait until every unpaid order expired, and log what the
     // reads say (a read is an acknowledged answer too).

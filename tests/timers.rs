@@ -137,6 +137,23 @@ impl Harness {
         }
     }
 
+    /// Waits (real time) until `id` is in `status`; panics past the bound.
+    async fn wait_status(&self, id: OrderId, status: OrderStatus) -> Arc<Order> {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            let order = self.read(id).await;
+            if order.status == status {
+                return order;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "order {id} stayed {:?} (wanted {status:?})",
+                order.status
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Asserts (for a while, real time) that `id` stays at `version`.
     async fn stays(&self, id: OrderId, version: u64) {
         tokio::time::sleep(QUIET).await;
@@ -260,15 +277,7 @@ async fn expiry_due_during_a_live_attempt_waits_for_it_then_fires() {
     let id = h.place(3).await;
     h.at(4 * MINUTE);
     h.pay_in_background(id);
-    let deadline = Instant::now() + SETTLE;
-    let processing = loop {
-        let order = h.read(id).await;
-        if order.status == OrderStatus::PaymentProcessing {
-            break order;
-        }
-        assert!(Instant::now() < deadline, "payment never started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let processing = h.wait_status(id, OrderStatus::PaymentProcessing).await;
     // Expiry (+5 min) passes while the attempt is live: nothing fires.
     h.at(6 * MINUTE);
     h.stays(id, processing.version).await;
@@ -522,15 +531,7 @@ async fn gateway_retry_backoff_sleeps_on_the_engine_clock() {
     tokio::time::sleep(QUIET * 2).await;
     assert_eq!(h.read(id).await.status, OrderStatus::PaymentProcessing);
     h.clock.advance(Duration::from_millis(60_001));
-    let deadline = Instant::now() + SETTLE;
-    loop {
-        let order = h.read(id).await;
-        if order.status == OrderStatus::PendingPayment {
-            assert!(order.notes().last_payment_error.is_some());
-            break;
-        }
-        assert!(Instant::now() < deadline, "the retry never ran");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let retried = h.wait_status(id, OrderStatus::PendingPayment).await;
+    assert!(retried.notes().last_payment_error.is_some());
     h.engine.shutdown().await;
 }

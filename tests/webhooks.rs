@@ -301,33 +301,17 @@ events = ["order_placed", "order_paid"]
     let two = spawn_serve(&server.url(), "node-2", SHARDS, Some(&config));
     let client = reqwest::Client::new();
     for n in 0..20 {
-        let placed: Value = within("place", async {
-            client
-                .post(format!("{}/v1/orders", one.base))
-                .json(&json!({
-                    "customer_id": format!("c-{n}"), "currency": "USD", "payment_method": "card",
-                    "items": [{"sku": "s", "quantity": 1, "unit_price": "2.50"}]
-                }))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
-        .await;
+        let order = json!({
+            "customer_id": format!("c-{n}"), "currency": "USD", "payment_method": "card",
+            "items": [{"sku": "s", "quantity": 1, "unit_price": "2.50"}]
+        });
+        let placed = post_json(&client, &format!("{}/v1/orders", one.base), order).await;
         let id = placed["order_id"].as_str().unwrap();
-        let paid: Value = within("pay", async {
-            client
-                .post(format!("{}/v1/orders/{id}/pay", one.base))
-                .json(&json!({}))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap()
-        })
+        let paid = post_json(
+            &client,
+            &format!("{}/v1/orders/{id}/pay", one.base),
+            json!({}),
+        )
         .await;
         assert_eq!(paid["status"], "paid");
     }
@@ -467,4 +451,20 @@ async fn retries_wait_on_the_clock() {
     );
     tasks.stop().await;
     plain.shutdown().await;
+}
+
+/// POSTs `body` to `url` and reads the JSON answer (bounded in time).
+async fn post_json(client: &reqwest::Client, url: &str, body: Value) -> Value {
+    within(url, async {
+        client
+            .post(url)
+            .json(&body)
+            .send()
+            .await
+            .expect("request sent")
+            .json()
+            .await
+            .expect("a JSON answer")
+    })
+    .await
 }
