@@ -17,8 +17,11 @@ use support::serve::{config_file, spawn_serve, Serve};
 const SHARDS: u32 = 4;
 const SECRET: &str = "observability-secret";
 
-/// Placed orders: (currency, payment method, [(quantity, unit price)]).
-fn orders() -> Vec<(&'static str, &'static str, Vec<(u64, &'static str)>)> {
+/// One order to place: (currency, payment method, [(quantity, unit price)]).
+type Placement = (&'static str, &'static str, Vec<(u64, &'static str)>);
+
+/// The orders placed.
+fn orders() -> Vec<Placement> {
     (0..48)
         .map(|i| {
             let (currency, method) = match i % 3 {
