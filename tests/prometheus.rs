@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orderly::telemetry::{Kind, CATALOGUE};
 use serde_json::{json, Value};
 use support::receiver::{Behaviour, Receiver};
 use support::redis_server::{RedisOptions, RedisServer};
@@ -318,6 +319,40 @@ fn check_dashboard_conventions(dashboard: &Value, expressions: &[Expression]) {
     );
 }
 
+/// The metric names `expr` uses that are not in the catalogue (`telemetry::CATALOGUE`;
+/// histograms by their `_bucket`, `_sum` and `_count` series). Recorded series (names with a
+/// colon) are checked against Prometheus instead.
+fn unknown_metrics(expr: &str) -> Vec<String> {
+    let known = |name: &str| {
+        CATALOGUE.iter().any(|f| {
+            f.name == name
+                || (f.kind == Kind::Histogram
+                    && ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|suffix| name.strip_suffix(suffix) == Some(f.name)))
+        })
+    };
+    let is_ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+    let mut unknown = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(|c: char| is_ident(c)) {
+        let tail = &rest[start..];
+        let end = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
+        let word = &tail[..end];
+        // Inside a string (a label value such as "orderly:webhooks:crm:dead") nothing counts.
+        let quoted = rest[..start].matches('"').count() % 2 == 1;
+        if !quoted
+            && !word.contains(':')
+            && (word.starts_with("orderly_") || word.starts_with("process_"))
+            && !known(word)
+        {
+            unknown.push(word.to_string());
+        }
+        rest = &tail[end..];
+    }
+    unknown
+}
+
 /// The dashboard's template variables as `(name, metric, label)` from
 /// `label_values(metric, label)`.
 fn label_values_variables(dashboard: &Value) -> Vec<(String, String, String)> {
@@ -586,6 +621,9 @@ async fn problems(
     for group in &groups {
         for rule in group["rules"].as_array().into_iter().flatten() {
             let name = rule["name"].as_str().unwrap_or("?");
+            for metric in unknown_metrics(rule["query"].as_str().unwrap_or_default()) {
+                problems.push(format!("rule {name} uses {metric}, not in the catalogue"));
+            }
             if rule["health"] != "ok" {
                 problems.push(format!(
                     "rule {name} ({}): health {}, last error {}",
@@ -620,6 +658,18 @@ async fn every_dashboard_and_recording_rule_expression_returns_data_in_a_real_pr
     let raw = dashboard_expressions(&dashboard);
     assert!(!raw.is_empty(), "the dashboard has no PromQL targets");
     check_dashboard_conventions(&dashboard, &raw);
+    let outside: Vec<String> = raw
+        .iter()
+        .flat_map(|e| {
+            unknown_metrics(&e.expr)
+                .into_iter()
+                .map(move |m| format!("{}: {m}", e.origin))
+        })
+        .collect();
+    assert!(
+        outside.is_empty(),
+        "dashboard metrics outside the catalogue: {outside:#?}"
+    );
     let expressions: Vec<Expression> = raw
         .iter()
         .map(|e| Expression {
@@ -727,4 +777,18 @@ secret = "{SECRET}"
 
 fn log_tail(lines: &[String], n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[test]
+fn the_catalogue_check_sees_unknown_names_and_ignores_label_values_and_recorded_series() {
+    assert_eq!(
+        unknown_metrics(
+            "sum(rate(orderly_no_such_total[5m])) / orderly_commit_batch_duration_seconds_bucket"
+        ),
+        vec!["orderly_no_such_total".to_string()]
+    );
+    assert!(unknown_metrics(
+        r#"orderly_webhook_deliveries_total{receiver="orderly_x"} and on () currency:orderly_x:rate5m"#
+    )
+    .is_empty());
 }
