@@ -77,11 +77,7 @@ async fn fill(store: &MemoryStore, n: usize) {
     };
     let mut writer = store.shard_writer(&owner);
     for shard in 0..SHARDS {
-        writer
-            .acquire(shard)
-            .await
-            .expect("acquire")
-            .expect("free");
+        writer.acquire(shard).await.expect("acquire").expect("free");
     }
     let mut written = 0;
     while written < n {

@@ -115,6 +115,19 @@ async fn post(client: &reqwest::Client, url: &str, body: Value) -> Value {
     body
 }
 
+/// Posts NDJSON to the bulk endpoint; answers the result lines.
+async fn bulk(client: &reqwest::Client, serve: &Serve, body: String) -> String {
+    let response = client
+        .post(format!("{}/v1/orders/bulk", serve.base))
+        .header("Content-Type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .expect("bulk");
+    assert!(response.status().is_success(), "{}", response.status());
+    response.text().await.expect("bulk answer")
+}
+
 /// `promtool check metrics` over an exposition: the Prometheus project's own linter.
 fn promtool_check(text: &str) {
     use std::io::Write;
@@ -198,15 +211,7 @@ async fn metrics_after_an_api_run_match_it_exactly_and_status_counts_survive_a_r
         .iter()
         .map(|(c, m, items)| line(c, m, items) + "\n")
         .collect();
-    let response = client
-        .post(format!("{}/v1/orders/bulk", serve.base))
-        .header("Content-Type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .expect("bulk");
-    assert!(response.status().is_success());
-    let text = response.text().await.expect("bulk answer");
+    let text = bulk(&client, &serve, body).await;
     let ids: Vec<String> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
@@ -406,15 +411,7 @@ async fn stats_rates_agree_with_the_counters_over_the_same_window() {
     let body: String = (0..k)
         .map(|_| line("USD", "card", &[(2, "3.00")]) + "\n")
         .collect();
-    let response = client
-        .post(format!("{}/v1/orders/bulk", serve.base))
-        .header("Content-Type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .expect("bulk");
-    assert!(response.status().is_success());
-    response.text().await.expect("bulk answer");
+    bulk(&client, &serve, body).await;
     // Wait for a sample after the burst.
     let deadline = Instant::now() + Duration::from_secs(10);
     let after = loop {

@@ -34,7 +34,7 @@ pub(crate) async fn edge(
         .is_none_or(|state| state.keys.allows(&req));
     let span = tracing::debug_span!("http_request", method = %req.method(), route = %route);
     let response = if allowed {
-        match next.call(req).instrument(span).await {
+        match next.call(req).instrument(span.clone()).await {
             Ok(response) => normalize_error_response(response),
             Err(error) => {
                 // Inner services turn handler errors into responses, so this is rare; the
@@ -55,6 +55,7 @@ pub(crate) async fn edge(
     } else {
         req.into_response(ApiError::Unauthorized.error_response())
     };
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
     telemetry::record_http_request(
         route,
         response.status().as_u16(),
