@@ -444,7 +444,7 @@ fn bench_redis_batch_write(c: &mut Criterion) {
                     let writes = next_batch();
                     let started = Instant::now();
                     let refused = writer
-                        .write(vec![ShardBatch { shard, writes }])
+                        .write(vec![ShardBatch::new(shard, writes)])
                         .await
                         .expect("fenced batch write");
                     assert!(refused.is_empty(), "the bench holds the lease");

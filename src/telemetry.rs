@@ -51,6 +51,45 @@ pub const HTTP_REQUEST_SECONDS: &str = "orderly_http_request_duration_seconds";
 /// Lines of bulk NDJSON requests, by `status` (`accepted`, `rejected`).
 pub const BULK_LINES_TOTAL: &str = "orderly_bulk_lines_total";
 
+/// Items of placed orders, Σ quantities (O), counted once the placement is durable.
+pub const ORDER_ITEMS_TOTAL: &str = "orderly_order_items_total";
+/// Value of placed orders, Σ unit price × quantity (P), in the `currency`'s minor units.
+pub const ORDER_VALUE_TOTAL: &str = "orderly_order_value_minor_total";
+/// Value paid, by `currency`, minor units.
+pub const PAID_VALUE_TOTAL: &str = "orderly_paid_value_minor_total";
+/// Value refunded, by `currency`, minor units.
+pub const REFUNDED_VALUE_TOTAL: &str = "orderly_refunded_value_minor_total";
+/// A constant 1 per `currency`, with its `minor_units` (decimal places), so dashboards can
+/// show major units.
+pub const CURRENCY_INFO: &str = "orderly_currency_info";
+/// Orders in each `status` across the store (every order, not only the live actors), from
+/// the per-shard durable counts of the shards this node owns.
+pub const ORDERS: &str = "orderly_orders";
+/// End-to-end latency of a command in the engine, by `command` verb: from the call until its
+/// answer (durable, or refused).
+pub const COMMAND_SECONDS: &str = "orderly_command_duration_seconds";
+/// Store round trips other than commit batches, by `store` and `operation` (`load`,
+/// `due_timers`, `timer_counts`, `status_counts`, `ping`).
+pub const STORE_REQUEST_SECONDS: &str = "orderly_store_request_duration_seconds";
+/// 1 while the store answers its ping, by `store`.
+pub const STORE_UP: &str = "orderly_store_up";
+/// Messages waiting in the shards' mailboxes, summed over shards (a message may carry a batch).
+pub const SHARD_MAILBOX_DEPTH: &str = "orderly_shard_mailbox_depth";
+/// Resident memory of the process (the Prometheus process-metrics convention).
+pub const PROCESS_RESIDENT_MEMORY: &str = "process_resident_memory_bytes";
+/// CPU time of the process, user + system.
+pub const PROCESS_CPU_SECONDS: &str = "process_cpu_seconds_total";
+/// Start time of the process, seconds since the epoch.
+pub const PROCESS_START_TIME: &str = "process_start_time_seconds";
+/// Open file descriptors of the process.
+pub const PROCESS_OPEN_FDS: &str = "process_open_fds";
+
+/// Buckets for command latency, seconds (50 µs .. 10 s).
+pub const COMMAND_SECONDS_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
 /// Buckets for commit batch latency, seconds (50 µs .. 2.5 s).
 pub const COMMIT_SECONDS_BUCKETS: &[f64] = &[
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5,
@@ -155,50 +194,323 @@ pub fn describe() {
 /// the text exposition.
 pub fn install_prometheus() -> Result<metrics_exporter_prometheus::PrometheusHandle, String> {
     use metrics_exporter_prometheus::{Matcher, PrometheusBuilder};
-    let recorder = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(COMMIT_BATCH_SECONDS.to_string()),
-            COMMIT_SECONDS_BUCKETS,
-        )
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(COMMIT_BATCH_SIZE.to_string()),
-                BATCH_SIZE_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(HTTP_REQUEST_SECONDS.to_string()),
-                HTTP_SECONDS_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(GATEWAY_CALL_SECONDS.to_string()),
-                GATEWAY_SECONDS_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(WEBHOOK_DELIVERY_SECONDS.to_string()),
-                WEBHOOK_SECONDS_BUCKETS,
-            )
-        })
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(TIMER_LAG_SECONDS.to_string()),
-                TIMER_LAG_BUCKETS,
-            )
-        })
-        .map_err(|e| e.to_string())?
-        .build_recorder();
+    let mut builder = PrometheusBuilder::new();
+    for (name, buckets) in BUCKETS {
+        builder = builder
+            .set_buckets_for_metric(Matcher::Full(name.to_string()), buckets)
+            .map_err(|e| e.to_string())?;
+    }
+    let recorder = builder.build_recorder();
     let handle = recorder.handle();
     metrics::set_global_recorder(recorder).map_err(|e| e.to_string())?;
     describe();
     describe_payments();
     describe_outbox();
     describe_timers();
+    describe_business();
+    describe_ingest();
+    describe_engine();
+    resolve_command_histograms();
     Ok(handle)
+}
+
+/// Every histogram and its buckets: each is a Prometheus histogram (never a summary), so
+/// percentiles aggregate across nodes and over any window.
+pub const BUCKETS: &[(&str, &[f64])] = &[
+    (COMMAND_SECONDS, COMMAND_SECONDS_BUCKETS),
+    (COMMIT_BATCH_SECONDS, COMMIT_SECONDS_BUCKETS),
+    (COMMIT_BATCH_SIZE, BATCH_SIZE_BUCKETS),
+    (STORE_REQUEST_SECONDS, COMMIT_SECONDS_BUCKETS),
+    (HTTP_REQUEST_SECONDS, HTTP_SECONDS_BUCKETS),
+    (GATEWAY_CALL_SECONDS, GATEWAY_SECONDS_BUCKETS),
+    (WEBHOOK_DELIVERY_SECONDS, WEBHOOK_SECONDS_BUCKETS),
+    (TIMER_LAG_SECONDS, TIMER_LAG_BUCKETS),
+    (INGEST_BATCH_SECONDS, COMMIT_SECONDS_BUCKETS),
+];
+
+/// Registers the business and status metrics and starts every known series at zero.
+fn describe_business() {
+    describe_counter!(
+        ORDER_ITEMS_TOTAL,
+        Unit::Count,
+        "Items of placed orders (O = sum of quantities), counted once durable."
+    );
+    describe_counter!(
+        ORDER_VALUE_TOTAL,
+        Unit::Count,
+        "Value of placed orders (P = sum of unit price x quantity), by currency, in minor units."
+    );
+    describe_counter!(
+        PAID_VALUE_TOTAL,
+        Unit::Count,
+        "Value paid, by currency, in minor units. R = rate(paid) / rate(placed) per currency."
+    );
+    describe_counter!(
+        REFUNDED_VALUE_TOTAL,
+        Unit::Count,
+        "Value refunded, by currency, in minor units."
+    );
+    describe_gauge!(
+        CURRENCY_INFO,
+        Unit::Count,
+        "1 per currency, labelled with its minor units (decimal places)."
+    );
+    describe_gauge!(
+        ORDERS,
+        Unit::Count,
+        "Orders in each status across the store (durable per-shard counts of the shards this node owns)."
+    );
+    counter!(ORDER_ITEMS_TOTAL).increment(0);
+    for currency in crate::domain::Currency::ALL {
+        let code = currency.code();
+        counter!(ORDER_VALUE_TOTAL, "currency" => code).increment(0);
+        counter!(PAID_VALUE_TOTAL, "currency" => code).increment(0);
+        counter!(REFUNDED_VALUE_TOTAL, "currency" => code).increment(0);
+        gauge!(CURRENCY_INFO, "currency" => code, "minor_units" => minor_units_label(currency.exponent()))
+            .set(1.0);
+    }
+    for status in crate::domain::OrderStatus::ALL {
+        gauge!(ORDERS, "status" => status.as_str()).set(0.0);
+    }
+}
+
+fn minor_units_label(exponent: u32) -> &'static str {
+    match exponent {
+        0 => "0",
+        1 => "1",
+        2 => "2",
+        3 => "3",
+        _ => "4",
+    }
+}
+
+/// Registers the engine-wide metrics and starts their series.
+fn describe_engine() {
+    describe_histogram!(
+        COMMAND_SECONDS,
+        Unit::Seconds,
+        "End-to-end latency of a command in the engine, by command verb."
+    );
+    describe_histogram!(
+        STORE_REQUEST_SECONDS,
+        Unit::Seconds,
+        "Store round trips other than commit batches, by store and operation."
+    );
+    describe_gauge!(STORE_UP, Unit::Count, "1 while the store answers its ping.");
+    describe_gauge!(
+        SHARD_MAILBOX_DEPTH,
+        Unit::Count,
+        "Messages waiting in the shard mailboxes, summed over shards."
+    );
+    for verb in COMMAND_VERBS {
+        counter!(COMMANDS_TOTAL, "command" => verb, "outcome" => "ok").increment(0);
+    }
+    counter!(OVERLOAD_REJECTIONS_TOTAL).increment(0);
+    counter!(ACTIVATIONS_TOTAL).increment(0);
+    gauge!(LIVE_ORDERS).increment(0.0);
+    gauge!(SHARD_MAILBOX_DEPTH).set(0.0);
+    for event in LeaseEvent::ALL {
+        counter!(LEASE_EVENTS_TOTAL, "event" => event.as_str()).increment(0);
+    }
+    for status in ["accepted", "rejected"] {
+        counter!(BULK_LINES_TOTAL, "status" => status).increment(0);
+    }
+    sample();
+}
+
+/// Every command verb (the `command` label), so each series exists before its first command.
+pub const COMMAND_VERBS: [&str; 15] = [
+    "place",
+    "pay",
+    "record_payment",
+    "ship",
+    "deliver",
+    "cancel",
+    "refund",
+    "record_refund",
+    "release_hold",
+    "remind",
+    "expire",
+    "auto_complete",
+    "ship_sla",
+    "read",
+    "timer",
+];
+
+/// The command latency histograms, resolved once after the recorder is installed so that a
+/// command costs a bucket increment, not a registry lookup. Empty (nothing recorded) when no
+/// recorder was installed, as in `orderly demo`, which reports its own percentiles.
+static COMMAND_HISTOGRAMS: std::sync::OnceLock<Vec<(&'static str, metrics::Histogram)>> =
+    std::sync::OnceLock::new();
+
+fn resolve_command_histograms() {
+    COMMAND_HISTOGRAMS.get_or_init(|| {
+        COMMAND_VERBS
+            .iter()
+            .map(|&verb| (verb, histogram!(COMMAND_SECONDS, "command" => verb)))
+            .collect()
+    });
+}
+
+/// Records one command's end-to-end latency.
+pub(crate) fn record_command_latency(verb: &str, seconds: f64) {
+    if let Some(histograms) = COMMAND_HISTOGRAMS.get() {
+        if let Some((_, h)) = histograms.iter().find(|(v, _)| *v == verb) {
+            h.record(seconds);
+        }
+    }
+}
+
+/// Records one store round trip (other than a commit batch).
+pub(crate) fn record_store_request(store: &'static str, operation: &'static str, seconds: f64) {
+    histogram!(STORE_REQUEST_SECONDS, "store" => store, "operation" => operation).record(seconds);
+}
+
+/// Records whether the store answered its ping.
+pub(crate) fn record_store_up(store: &'static str, up: bool) {
+    gauge!(STORE_UP, "store" => store).set(if up { 1.0 } else { 0.0 });
+}
+
+/// Records the business figures of one durable batch (per currency; money never adds across
+/// currencies).
+pub(crate) fn record_figures(figures: &crate::engine::Figures) {
+    if figures.items > 0 {
+        counter!(ORDER_ITEMS_TOTAL).increment(figures.items);
+    }
+    for &(currency, placed, paid, refunded) in &figures.by_currency {
+        let code = currency.code();
+        if placed > 0 {
+            counter!(ORDER_VALUE_TOTAL, "currency" => code).increment(placed as u64);
+        }
+        if paid > 0 {
+            counter!(PAID_VALUE_TOTAL, "currency" => code).increment(paid as u64);
+        }
+        if refunded > 0 {
+            counter!(REFUNDED_VALUE_TOTAL, "currency" => code).increment(refunded as u64);
+        }
+    }
+}
+
+/// Records a change of the per-status counts this node exports.
+pub(crate) fn record_status_counts_delta(delta: &crate::store::StatusCounts) {
+    for (status, n) in delta.iter() {
+        if n != 0 {
+            gauge!(ORDERS, "status" => status.as_str()).increment(n as f64);
+        }
+    }
+}
+
+/// Messages in flight to shard mailboxes (sent, not yet handled), over every engine of the
+/// process; exported as [`SHARD_MAILBOX_DEPTH`] when metrics are sampled.
+pub(crate) static MAILBOX_DEPTH: std::sync::atomic::AtomicI64 =
+    std::sync::atomic::AtomicI64::new(0);
+
+/// Samples what is read rather than counted (the shard mailbox depth) into its gauge; called
+/// before every render of the exposition and by the stats sampler.
+pub fn sample() {
+    gauge!(SHARD_MAILBOX_DEPTH).set(
+        MAILBOX_DEPTH
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(0) as f64,
+    );
+}
+
+/// The exposition: every `orderly_` metric, then the process metrics, written here because
+/// `process_cpu_seconds_total` is a fractional counter, which the metrics facade cannot hold.
+pub fn render(handle: &metrics_exporter_prometheus::PrometheusHandle) -> String {
+    use std::fmt::Write;
+    sample();
+    let mut text = handle.render();
+    let Some(stats) = process::read() else {
+        return text;
+    };
+    let mut family = |name: &str, kind: &str, help: &str, value: f64| {
+        let _ = write!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n\n"
+        );
+    };
+    family(
+        PROCESS_RESIDENT_MEMORY,
+        "gauge",
+        "Resident memory size in bytes.",
+        stats.resident_bytes as f64,
+    );
+    family(
+        PROCESS_CPU_SECONDS,
+        "counter",
+        "Total user and system CPU time spent in seconds.",
+        stats.cpu_seconds,
+    );
+    family(
+        PROCESS_OPEN_FDS,
+        "gauge",
+        "Number of open file descriptors.",
+        stats.open_fds as f64,
+    );
+    if let Some(start) = process::start_time_seconds() {
+        family(
+            PROCESS_START_TIME,
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            start,
+        );
+    }
+    text
+}
+
+/// Reads `/proc/self` (Linux); elsewhere the process metrics are absent.
+pub mod process {
+    /// What `/proc/self` says of this process now.
+    pub struct ProcessStats {
+        /// Resident set size.
+        pub resident_bytes: u64,
+        /// User + system CPU time.
+        pub cpu_seconds: f64,
+        /// Open file descriptors.
+        pub open_fds: u64,
+    }
+
+    /// Clock ticks per second of `/proc/self/stat` times (USER_HZ, 100 on Linux).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    /// Page size for `/proc/self/statm`.
+    const PAGE_BYTES: u64 = 4096;
+
+    /// Reads the process's stats (None off Linux).
+    pub fn read() -> Option<ProcessStats> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name (which may hold spaces) start after the last ')'.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 of stat(5): 12 and 13 after the name.
+        let utime: f64 = fields.get(11)?.parse().ok()?;
+        let stime: f64 = fields.get(12)?.parse().ok()?;
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        let open_fds = std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count() as u64)
+            .unwrap_or(0);
+        Some(ProcessStats {
+            resident_bytes: resident_pages * PAGE_BYTES,
+            cpu_seconds: (utime + stime) / TICKS_PER_SECOND,
+            open_fds,
+        })
+    }
+
+    /// Start time of the process, seconds since the epoch (boot time + start ticks).
+    pub fn start_time_seconds() -> Option<f64> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let start_ticks: f64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+        let boot = std::fs::read_to_string("/proc/stat").ok()?;
+        let btime: f64 = boot
+            .lines()
+            .find_map(|l| l.strip_prefix("btime "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(btime + start_ticks / TICKS_PER_SECOND)
+    }
 }
 
 /// Per-batch tallies of command outcomes, emitted once per commit.
@@ -358,6 +670,12 @@ pub(crate) fn record_bulk_lines(accepted: u64, rejected: u64) {
 /// Redis Stream entries handled by the ingest consumer, by `outcome` (`accepted`,
 /// `duplicate`, `dead_lettered`, `retry`: left pending after a retryable failure).
 pub const INGEST_ENTRIES_TOTAL: &str = "orderly_ingest_entries_total";
+/// Redis Stream entries read by the ingest consumer (new, its own pending and reclaimed).
+pub const INGEST_READ_TOTAL: &str = "orderly_ingest_entries_read_total";
+/// Entries acknowledged (`XACK`): placed, duplicates or dead-lettered.
+pub const INGEST_ACKNOWLEDGED_TOTAL: &str = "orderly_ingest_entries_acknowledged_total";
+/// Entries of the ingest stream not yet delivered to the consumer group (its lag).
+pub const INGEST_LAG: &str = "orderly_ingest_consumer_lag_entries";
 /// Time to handle one batch of stream entries: placement, dead letters and acknowledgement.
 pub const INGEST_BATCH_SECONDS: &str = "orderly_ingest_batch_duration_seconds";
 
@@ -374,10 +692,43 @@ pub(crate) fn describe_ingest() {
         Unit::Seconds,
         "Time to place, dead-letter and acknowledge one batch of stream entries."
     );
+    describe_counter!(
+        INGEST_READ_TOTAL,
+        Unit::Count,
+        "Redis Stream entries read by the ingest consumer."
+    );
+    describe_counter!(
+        INGEST_ACKNOWLEDGED_TOTAL,
+        Unit::Count,
+        "Redis Stream entries acknowledged by the ingest consumer."
+    );
+    describe_gauge!(
+        INGEST_LAG,
+        Unit::Count,
+        "Entries of the ingest stream not yet delivered to the consumer group."
+    );
+    for outcome in ["accepted", "duplicate", "dead_lettered", "retry"] {
+        counter!(INGEST_ENTRIES_TOTAL, "outcome" => outcome).increment(0);
+    }
+    counter!(INGEST_READ_TOTAL).increment(0);
+    counter!(INGEST_ACKNOWLEDGED_TOTAL).increment(0);
+    gauge!(INGEST_LAG).increment(0.0);
+}
+
+/// Records the ingest consumer group's lag.
+pub(crate) fn record_ingest_lag(entries: u64) {
+    gauge!(INGEST_LAG).set(entries as f64);
 }
 
 /// Records one ingest batch: the count per outcome (zero counts are skipped) and its duration.
-pub(crate) fn record_ingest_batch(outcomes: [(&'static str, u64); 4], seconds: f64) {
+pub(crate) fn record_ingest_batch(
+    read: u64,
+    acknowledged: u64,
+    outcomes: [(&'static str, u64); 4],
+    seconds: f64,
+) {
+    counter!(INGEST_READ_TOTAL).increment(read);
+    counter!(INGEST_ACKNOWLEDGED_TOTAL).increment(acknowledged);
     for (outcome, n) in outcomes {
         if n > 0 {
             counter!(INGEST_ENTRIES_TOTAL, "outcome" => outcome).increment(n);
@@ -406,7 +757,9 @@ pub const PAYMENT_REFUNDS_TOTAL: &str = "orderly_payment_refunds_total";
 pub const GATEWAY_BREAKER_STATE: &str = "orderly_gateway_breaker_state";
 /// Circuit breaker transitions by `gateway` and `to` (`open`, `half_open`, `closed`).
 pub const GATEWAY_BREAKER_TRANSITIONS_TOTAL: &str = "orderly_gateway_breaker_transitions_total";
-/// Latency of one gateway call (one try), by `gateway`.
+/// The `operation` label of gateway calls.
+pub const GATEWAY_OPERATIONS: [&str; 4] = ["charge", "query", "reverse", "refund"];
+/// Latency of one gateway call (one try), by `gateway` and `operation`.
 pub const GATEWAY_CALL_SECONDS: &str = "orderly_gateway_call_duration_seconds";
 /// Orders with a live payment attempt or refund resumed when a shard started.
 pub const PAYMENTS_RESUMED_TOTAL: &str = "orderly_payments_resumed_total";
@@ -464,7 +817,7 @@ pub(crate) fn describe_payments() {
     describe_histogram!(
         GATEWAY_CALL_SECONDS,
         Unit::Seconds,
-        "Latency of one gateway call, by gateway."
+        "Latency of one gateway call (one try), by gateway and operation."
     );
     describe_counter!(
         PAYMENTS_RESUMED_TOTAL,
@@ -477,7 +830,8 @@ pub(crate) fn describe_payments() {
 /// atomic increments, not registry lookups.
 pub(crate) struct GatewayMetrics {
     gateway: String,
-    call_seconds: metrics::Histogram,
+    /// By operation, in [`GATEWAY_OPERATIONS`] order.
+    call_seconds: [metrics::Histogram; 4],
     breaker_state: metrics::Gauge,
     retries: metrics::Counter,
     needs_review: metrics::Counter,
@@ -488,7 +842,9 @@ impl GatewayMetrics {
         let label = gateway.to_string();
         GatewayMetrics {
             gateway: label.clone(),
-            call_seconds: histogram!(GATEWAY_CALL_SECONDS, "gateway" => label.clone()),
+            call_seconds: GATEWAY_OPERATIONS.map(|operation| {
+                histogram!(GATEWAY_CALL_SECONDS, "gateway" => label.clone(), "operation" => operation)
+            }),
             breaker_state: gauge!(GATEWAY_BREAKER_STATE, "gateway" => label.clone()),
             retries: counter!(PAYMENT_RETRIES_TOTAL, "gateway" => label.clone()),
             needs_review: counter!(PAYMENT_NEEDS_REVIEW_TOTAL, "gateway" => label),
@@ -496,8 +852,10 @@ impl GatewayMetrics {
     }
 
     /// One call's latency.
-    pub(crate) fn call_seconds(&self, seconds: f64) {
-        self.call_seconds.record(seconds);
+    pub(crate) fn call_seconds(&self, operation: &'static str, seconds: f64) {
+        if let Some(i) = GATEWAY_OPERATIONS.iter().position(|o| *o == operation) {
+            self.call_seconds[i].record(seconds);
+        }
     }
 
     /// `n` calls with one outcome (`operation` and `outcome` are bounded sets of static

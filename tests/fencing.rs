@@ -75,7 +75,7 @@ fn owner(node_id: &str) -> LeaseOwner {
 }
 
 fn batch(shard: u32, writes: Vec<SnapshotWrite>) -> Vec<ShardBatch> {
-    vec![ShardBatch { shard, writes }]
+    vec![ShardBatch::new(shard, writes)]
 }
 
 /// The store contract: one lease per shard, tokens that only grow, a stale writer refused as
@@ -131,10 +131,10 @@ async fn stale_tokens_are_refused(store: Arc<dyn SnapshotStore>, expire: impl Fn
         shard,
         vec![write(id, 2, b"a-v2"), write(other, 1, b"other")],
     );
-    batches.push(ShardBatch {
-        shard: neighbour,
-        writes: vec![write(next_door, 1, b"next-door")],
-    });
+    batches.push(ShardBatch::new(
+        neighbour,
+        vec![write(next_door, 1, b"next-door")],
+    ));
     let refused = within("stale write", a.write(batches))
         .await
         .expect("the call itself succeeds");

@@ -86,7 +86,7 @@ pub(crate) async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, 
     let handle = state.metrics.as_ref().ok_or(ApiError::MetricsUnavailable)?;
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/plain; version=0.0.4"))
-        .body(handle.render()))
+        .body(telemetry::render(handle)))
 }
 
 /// A live dashboard page (polls `/metrics` every second).

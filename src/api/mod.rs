@@ -6,6 +6,7 @@
 //!   deliver|cancel|refund}`, with `Idempotency-Key` handling (`idempotency`).
 //! - `bulk`: `POST /v1/orders/bulk`, NDJSON streamed in and out with per-line results.
 //! - `health`: `/healthz`, `/readyz`, `/metrics` (Prometheus) and the dashboard at `/`.
+//! - `stats`: `/v1/stats`, the figures the dashboard draws, sampled once a second.
 //! - `openapi`: `/openapi.json`, generated from the handlers.
 //! - `body`: JSON body reading with stable error codes; `error`: the one error shape;
 //!   `auth`: bearer keys; `middleware`: auth, error shape and HTTP metrics around every request.
@@ -20,6 +21,7 @@ mod middleware;
 mod openapi;
 mod orders;
 mod schema;
+mod stats;
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::sync::Arc;
@@ -46,6 +48,7 @@ pub(crate) struct ApiState {
     pub(crate) keys: ApiKeys,
     pub(crate) in_flight: Arc<InFlight>,
     pub(crate) metrics: Option<PrometheusHandle>,
+    pub(crate) stats: Arc<stats::Stats>,
 }
 
 /// Why the HTTP edge could not start.
@@ -112,12 +115,19 @@ impl Application {
         };
         let listener = TcpListener::bind(&addresses[..]).map_err(bind_error)?;
         let address = listener.local_addr().map_err(bind_error)?;
+        let metrics = prometheus_handle();
+        let stats = stats::Stats::start(
+            metrics.clone(),
+            Arc::clone(engine.store()),
+            engine.node_id().to_string(),
+        );
         let state = web::Data::new(ApiState {
             engine,
             settings: settings.clone(),
             keys: ApiKeys::new(&settings.keys, settings.public_health),
             in_flight: Arc::new(InFlight::default()),
-            metrics: prometheus_handle(),
+            metrics,
+            stats,
         });
         let mut server = HttpServer::new(move || {
             App::new()
@@ -135,6 +145,7 @@ impl Application {
                 .service(health::readyz)
                 .service(health::metrics)
                 .service(health::dashboard)
+                .service(stats::get_stats)
                 .service(openapi::openapi_json)
                 .default_service(web::to(route_not_found))
         })

@@ -8,7 +8,7 @@ use actix_web::{get, HttpResponse};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{bulk, health, orders};
+use super::{bulk, health, orders, stats};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -29,6 +29,7 @@ use super::{bulk, health, orders};
         health::healthz,
         health::readyz,
         health::metrics,
+        stats::get_stats,
     ),
     modifiers(&BearerAuth),
     tags(

@@ -133,6 +133,11 @@ impl OrderStatus {
         }
     }
 
+    /// The position in [`OrderStatus::ALL`] (declaration order).
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// Stable small code for snapshots (index in [`OrderStatus::ALL`]).
     pub fn code(self) -> u8 {
         OrderStatus::ALL

@@ -8,10 +8,10 @@ use smallvec::SmallVec;
 use tokio::sync::oneshot;
 
 use super::messages::{CommandResult, EngineError};
-use crate::domain::{CommandEnvelope, OrderId};
+use crate::domain::{CommandEnvelope, Currency, Order, OrderId, OrderStatus};
 use crate::gateway::GatewayJob;
 use crate::store::outbox::OutboxEvents;
-use crate::store::{SnapshotWrite, TimerChange};
+use crate::store::{SnapshotWrite, StatusCounts, TimerChange};
 
 /// A snapshot waiting to be written.
 pub(crate) struct PendingWrite {
@@ -20,6 +20,85 @@ pub(crate) struct PendingWrite {
     pub(crate) bytes: Vec<u8>,
     /// How the shard's timer index follows this write.
     pub(crate) timer: TimerChange,
+    /// What the write changes of the shard's status counts and the business figures.
+    pub(crate) change: OrderChange,
+}
+
+/// What one write changes of the numbers operators watch: the order's status (the shard's
+/// durable per-status counts) and the business figures O, P, paid and refunded value, which
+/// count only once the write is durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct OrderChange {
+    /// The status before (None: the write creates the order).
+    pub(crate) from: Option<OrderStatus>,
+    pub(crate) to: OrderStatus,
+    pub(crate) currency: Currency,
+    /// Items placed (Σ quantities; non-zero only when the order is created).
+    pub(crate) items: u64,
+    /// Value placed, minor units (the order's total, when it is created).
+    pub(crate) placed_minor: i64,
+    /// Change of the paid value, minor units.
+    pub(crate) paid_minor: i64,
+    /// Change of the refunded value, minor units.
+    pub(crate) refunded_minor: i64,
+}
+
+impl OrderChange {
+    /// The change from `before` (None: no order yet) to `after`.
+    pub(crate) fn between(before: Option<&Order>, after: &Order) -> OrderChange {
+        let (items, placed_minor) = match before {
+            None => (after.header.item_count, after.header.total_minor),
+            Some(_) => (0, 0),
+        };
+        OrderChange {
+            from: before.map(|o| o.status),
+            to: after.status,
+            currency: after.currency(),
+            items,
+            placed_minor,
+            paid_minor: after.paid_minor - before.map_or(0, |o| o.paid_minor),
+            refunded_minor: after.refunded_minor - before.map_or(0, |o| o.refunded_minor),
+        }
+    }
+
+    fn moves_figures(&self) -> bool {
+        self.items != 0
+            || self.placed_minor != 0
+            || self.paid_minor != 0
+            || self.refunded_minor != 0
+    }
+}
+
+/// The business figures of one batch, per currency (money never adds across currencies).
+#[derive(Debug, Default)]
+pub(crate) struct Figures {
+    pub(crate) items: u64,
+    /// (currency, placed, paid, refunded), minor units.
+    pub(crate) by_currency: SmallVec<[(Currency, i64, i64, i64); 2]>,
+}
+
+impl Figures {
+    fn add(&mut self, change: &OrderChange) {
+        if !change.moves_figures() {
+            return;
+        }
+        self.items += change.items;
+        let slot = match self
+            .by_currency
+            .iter()
+            .position(|(c, ..)| *c == change.currency)
+        {
+            Some(i) => i,
+            None => {
+                self.by_currency.push((change.currency, 0, 0, 0));
+                self.by_currency.len() - 1
+            }
+        };
+        let (_, placed, paid, refunded) = &mut self.by_currency[slot];
+        *placed += change.placed_minor;
+        *paid += change.paid_minor;
+        *refunded += change.refunded_minor;
+    }
 }
 
 /// What an order actor produced for one request: the answer to give once the write (if any)
@@ -97,6 +176,11 @@ impl PendingReply {
 /// events of all of them go with it.
 pub(crate) struct CoalescedBatch {
     pub(crate) writes: Vec<SnapshotWrite>,
+    /// How the batch moves the shard's per-status counts (changes compose, so each entry's
+    /// change counts even when its order's writes coalesce).
+    pub(crate) status: StatusCounts,
+    /// The business figures the batch adds once durable.
+    pub(crate) figures: Figures,
     /// For each entry, the index of the write that makes it durable.
     pub(crate) write_of_entry: Vec<Option<usize>>,
 }
@@ -107,6 +191,8 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
     let mut by_order: std::collections::HashMap<OrderId, usize, ahash::RandomState> =
         std::collections::HashMap::with_capacity_and_hasher(entries.len(), Default::default());
     let mut write_of_entry = Vec::with_capacity(entries.len());
+    let mut status = StatusCounts::default();
+    let mut figures = Figures::default();
     for (entry, stale) in entries.iter_mut().zip(stale) {
         if *stale {
             write_of_entry.push(None);
@@ -117,6 +203,8 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
             write_of_entry.push(by_order.get(&entry.order_id).copied());
             continue;
         };
+        status.record(write.change.from, write.change.to);
+        figures.add(&write.change);
         match by_order.get(&entry.order_id) {
             Some(&i) => {
                 // Versions grow by one per applied command, also within a batch (a rewrite
@@ -146,6 +234,8 @@ pub(crate) fn coalesce(entries: &mut [CommitEntry], stale: &[bool]) -> Coalesced
     }
     CoalescedBatch {
         writes,
+        status,
+        figures,
         write_of_entry,
     }
 }

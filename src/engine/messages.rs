@@ -74,6 +74,16 @@ pub enum Request {
     Read,
 }
 
+impl Request {
+    /// The command verb (`read` for a read), the `command` label of the metrics.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Request::Command(envelope) => envelope.command.verb(),
+            Request::Read => "read",
+        }
+    }
+}
+
 /// One routed request inside a dispatch.
 #[derive(Debug)]
 pub(crate) struct Routed {

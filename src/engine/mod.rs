@@ -11,12 +11,14 @@ pub mod messages;
 pub mod order_actor;
 pub mod shard;
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Arbiter};
 use tokio::sync::oneshot;
 
+pub(crate) use commit::Figures;
 pub use messages::{CommandOutcome, CommandResult, EngineError, Request};
 pub use shard::ShardStats;
 
@@ -24,6 +26,7 @@ use crate::config::Settings;
 use crate::domain::{Command, CommandEnvelope, NewOrder, OrderId};
 use crate::gateway::Gateways;
 use crate::store::{LeaseOwner, SnapshotStore};
+use crate::telemetry;
 use messages::{Dispatch, ReplyTo, Routed};
 use shard::{GetShardStats, ReleaseLease, ShardActor, ShardLimits};
 
@@ -44,6 +47,7 @@ struct EngineInner {
     arbiters: Mutex<Vec<Arbiter>>,
     store: Arc<dyn SnapshotStore>,
     gateways: Gateways,
+    node_id: Arc<str>,
 }
 
 /// Cloneable, `Send` handle to a running engine.
@@ -103,6 +107,7 @@ impl Engine {
             .collect();
         Engine {
             inner: Arc::new(EngineInner {
+                node_id: Arc::clone(&owner.node_id),
                 routers: arbiters.len().min(shards.len()).max(1),
                 shards,
                 arbiters: Mutex::new(arbiters),
@@ -127,6 +132,11 @@ impl Engine {
         self.inner.store.kind()
     }
 
+    /// This node's id (`[cluster] node_id`).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
     /// The store, for readiness checks.
     pub fn store(&self) -> &Arc<dyn SnapshotStore> {
         &self.inner.store
@@ -139,13 +149,19 @@ impl Engine {
         admission: Admission,
     ) -> Result<(), EngineError> {
         let addr = &self.inner.shards[shard as usize];
-        match admission {
+        // Counted before the send, so the shard's decrement can never come first.
+        telemetry::MAILBOX_DEPTH.fetch_add(1, Ordering::Relaxed);
+        let sent = match admission {
             Admission::Wait => addr.send(dispatch).await.map_err(|_| EngineError::Stopped),
             Admission::FailFast => addr.try_send(dispatch).map_err(|e| match e {
                 actix::prelude::SendError::Full(_) => EngineError::Overloaded,
                 actix::prelude::SendError::Closed(_) => EngineError::Stopped,
             }),
+        };
+        if sent.is_err() {
+            telemetry::MAILBOX_DEPTH.fetch_sub(1, Ordering::Relaxed);
         }
+        sent
     }
 
     /// Places a new order under a freshly minted id (no snapshot lookup needed).
@@ -188,6 +204,14 @@ impl Engine {
     }
 
     async fn execute_routed(&self, routed: Routed, admission: Admission) -> CommandResult {
+        let started = Instant::now();
+        let verb = routed.request.verb();
+        let result = self.execute_routed_untimed(routed, admission).await;
+        telemetry::record_command_latency(verb, started.elapsed().as_secs_f64());
+        result
+    }
+
+    async fn execute_routed_untimed(&self, routed: Routed, admission: Admission) -> CommandResult {
         let (tx, rx) = oneshot::channel();
         let shard = self.shard_of(routed.order_id);
         self.send(
@@ -235,6 +259,7 @@ impl Engine {
         // receives the thread's message and hands each item to its own shard there.
         let routers = self.inner.routers;
         let mut per_router: Vec<Vec<Routed>> = (0..routers).map(|_| Vec::new()).collect();
+        let verbs: Vec<&'static str> = items.iter().map(|i| i.request.verb()).collect();
         for (index, item) in items.into_iter().enumerate() {
             let shard = self.shard_of(item.order_id);
             per_router[shard as usize % routers].push(Routed {
@@ -290,7 +315,12 @@ impl Engine {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or((Err(EngineError::Stopped), started.elapsed())))
+            .zip(verbs)
+            .map(|(r, verb)| {
+                let (result, elapsed) = r.unwrap_or((Err(EngineError::Stopped), started.elapsed()));
+                telemetry::record_command_latency(verb, elapsed.as_secs_f64());
+                (result, elapsed)
+            })
             .collect()
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 
-use super::commit::{CommitEntry, PendingWrite};
+use super::commit::{CommitEntry, OrderChange, PendingWrite};
 use super::messages::{CommandOutcome, Deliver, EngineError, Origin, Reload, Request, Work};
 use super::shard::ShardCore;
 use crate::domain::{
@@ -101,7 +101,13 @@ impl OrderActor {
     /// Loads the last durable snapshot; the actor's mailbox waits until it is in.
     fn load(&mut self, ctx: &mut Context<Self>) {
         let future = self.core.store.load(self.core.shard, self.id);
-        ctx.wait(future.into_actor(self).map(|result, actor, _| {
+        let started = std::time::Instant::now();
+        ctx.wait(future.into_actor(self).map(move |result, actor, _| {
+            telemetry::record_store_request(
+                actor.core.store.kind(),
+                "load",
+                started.elapsed().as_secs_f64(),
+            );
             actor.needs_load = false;
             match result {
                 Ok(Some(bytes)) => match snapshot::decode(&bytes) {
@@ -260,6 +266,7 @@ impl OrderActor {
                     version: applied.order.version,
                     bytes,
                     timer,
+                    change: OrderChange::between(current_order.as_deref(), &applied.order),
                 });
                 if let Origin::Gateway { redeliveries } = origin {
                     entry.redeliver = Some((envelope.clone(), redeliveries));
@@ -422,6 +429,7 @@ impl OrderActor {
             version: next.version,
             bytes,
             timer,
+            change: OrderChange::between(Some(order), &next),
         });
         entry.exists = true;
         entry.settled = next.is_settled();

@@ -170,6 +170,7 @@ impl GatewayCore {
     /// One call through the breaker, the limits and the attempt timeout.
     async fn call<T>(
         &self,
+        operation: &'static str,
         make: impl FnOnce(&dyn Gateway) -> BoxFuture<'static, Result<T, GatewayError>>,
     ) -> Result<T, GatewayError> {
         let Some(permit) = self.with_breaker(|b, now| b.try_acquire(now)) else {
@@ -208,7 +209,8 @@ impl GatewayCore {
             Ok(Err(GatewayError::Timeout(_))) | Err(_) => Err(GatewayError::Timeout(timeout_ms)),
             Ok(result) => result,
         };
-        self.metrics.call_seconds(started.elapsed().as_secs_f64());
+        self.metrics
+            .call_seconds(operation, started.elapsed().as_secs_f64());
         match &result {
             Ok(_) => self.with_breaker(|b, now| b.on_success(permit, now)),
             Err(error) if error.is_health_failure() => {
@@ -245,7 +247,7 @@ impl GatewayCore {
         let mut tries = 0;
         loop {
             tries += 1;
-            let result = self.call(|g| g.charge(call.clone())).await;
+            let result = self.call("charge", |g| g.charge(call.clone())).await;
             if !matches!(
                 result,
                 Err(GatewayError::CircuitOpen | GatewayError::Throttled)
@@ -340,7 +342,7 @@ impl GatewayCore {
         let mut queries = 0;
         loop {
             queries += 1;
-            let result = self.call(|g| g.query(key.clone())).await;
+            let result = self.call("query", |g| g.query(key.clone())).await;
             if !matches!(
                 result,
                 Err(GatewayError::CircuitOpen | GatewayError::Throttled)
@@ -395,7 +397,7 @@ impl GatewayCore {
         let since = self.clock.now();
         let mut last_error = String::new();
         for tries in 1..=self.reverse_attempts_max {
-            match self.call(|g| g.reverse(key.clone())).await {
+            match self.call("reverse", |g| g.reverse(key.clone())).await {
                 Ok(ReverseReply::Reversed) => {
                     self.tally("reverse", "voided");
                     self.count(|s| s.reversed += 1);
@@ -437,7 +439,7 @@ impl GatewayCore {
         let mut last_error;
         loop {
             tries += 1;
-            let result = self.call(|g| g.refund(call.clone())).await;
+            let result = self.call("refund", |g| g.refund(call.clone())).await;
             let error = match result {
                 Ok(RefundReply::Refunded) => {
                     self.tally("refund", "succeeded");

@@ -38,6 +38,8 @@ const BATCH_SIZE_MAX: usize = 10_000;
 /// Largest accepted `ingest.block_ms`: a stop request waits at most this long on a quiet
 /// stream when the read cannot be abandoned.
 const BLOCK_MS_MAX: u64 = 60_000;
+/// How often the consumer group's lag is read.
+const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Budget of one non-blocking Redis call (XACK, XADD, XAUTOCLAIM, XGROUP).
 const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Budget for connecting to Redis at start.
@@ -287,7 +289,12 @@ impl StreamConsumer {
     }
 
     async fn run(mut self) {
+        let mut next_lag_sample = Instant::now();
         while !self.stopping() {
+            if Instant::now() >= next_lag_sample {
+                next_lag_sample = Instant::now() + LAG_SAMPLE_INTERVAL;
+                self.sample_lag().await;
+            }
             match self.step().await {
                 Ok(retry) if retry => self.back_off().await,
                 Ok(_) => self.backoff = Duration::ZERO,
@@ -492,6 +499,8 @@ impl StreamConsumer {
             }
         }
         telemetry::record_ingest_batch(
+            entries.len() as u64,
+            batch.accepted + batch.duplicate + batch.dead_lettered,
             [
                 ("accepted", batch.accepted),
                 ("duplicate", batch.duplicate),
@@ -579,6 +588,31 @@ impl StreamConsumer {
             tracing::warn!(stream = %self.dead_letter_stream, %error, "cannot store dead letters");
         }
         result
+    }
+
+    /// Reads the consumer group's lag (entries added but not yet delivered to it; Redis 7
+    /// reports it in `XINFO GROUPS`) into its gauge. A failure leaves the last value.
+    async fn sample_lag(&mut self) {
+        let groups: Result<Vec<std::collections::HashMap<String, redis::Value>>, StepError> =
+            bounded(
+                REDIS_CALL_TIMEOUT,
+                redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&self.stream)
+                    .query_async(&mut self.connection),
+            )
+            .await;
+        let lag = groups.ok().and_then(|groups| {
+            let group = groups.into_iter().find(|g| {
+                g.get("name")
+                    .and_then(|v| redis::from_redis_value::<String>(v).ok())
+                    .is_some_and(|name| name == self.group)
+            })?;
+            redis::from_redis_value::<i64>(group.get("lag")?).ok()
+        });
+        if let Some(lag) = lag {
+            telemetry::record_ingest_lag(lag.max(0) as u64);
+        }
     }
 
     async fn acknowledge(&mut self, ids: &[&str]) -> Result<(), StepError> {

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures_util::future::{self, BoxFuture, FutureExt};
 
 use super::{
-    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StoreError,
-    StoredSnapshot, TimerChange, TimerCounts,
+    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StatusCounts,
+    StatusUpdate, StoreError, StoredSnapshot, TimerChange, TimerCounts,
 };
 use crate::domain::{OrderId, Timestamp};
 
@@ -22,6 +22,8 @@ struct ShardMap {
     /// The timer index: entries ordered by due time, and each order's entry.
     timers: BTreeSet<(Timestamp, OrderId)>,
     timer_of: HashMap<OrderId, Timestamp, ahash::RandomState>,
+    /// How many orders are in each status.
+    status: StatusCounts,
     /// The last token handed out (the `epoch` counter): only grows.
     epoch: u64,
     lease: Option<HeldLease>,
@@ -200,6 +202,10 @@ impl MemoryShardWriter {
                 refused.push(batch.shard);
                 continue;
             }
+            match batch.status {
+                StatusUpdate::Delta(delta) => map.status.add(&delta),
+                StatusUpdate::Set(counts) => map.status = counts,
+            }
             for write in batch.writes {
                 match write.timer {
                     TimerChange::Unchanged => {}
@@ -292,6 +298,10 @@ impl SnapshotStore for MemoryStore {
             .map(|&(due_at, order_id)| DueTimer { order_id, due_at })
             .collect();
         future::ready(Ok(due)).boxed()
+    }
+
+    fn status_counts(&self, shard: u32) -> BoxFuture<'static, Result<StatusCounts, StoreError>> {
+        future::ready(Ok(self.inner.shard(shard).status)).boxed()
     }
 
     fn timer_counts(

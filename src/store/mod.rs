@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
-use crate::domain::OrderId;
+use crate::domain::{OrderId, OrderStatus};
 
 /// One snapshot write of a batch. The order's version travels inside the snapshot bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,6 +130,75 @@ pub struct ShardBatch {
     pub shard: u32,
     /// Its writes, in commit order.
     pub writes: Vec<SnapshotWrite>,
+    /// How the shard's durable per-status order counts follow, applied atomically with the
+    /// writes (`HINCRBY` of `<prefix>:{<shard>}:status` on Redis).
+    pub status: StatusUpdate,
+}
+
+impl ShardBatch {
+    /// Writes of `shard` that move no order between statuses (the deltas are zero).
+    pub fn new(shard: u32, writes: Vec<SnapshotWrite>) -> ShardBatch {
+        ShardBatch {
+            shard,
+            writes,
+            status: StatusUpdate::default(),
+        }
+    }
+}
+
+/// How many orders of a shard are in each status (indexed like [`OrderStatus::ALL`]); also
+/// used for signed changes of those counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts(pub [i64; OrderStatus::ALL.len()]);
+
+impl StatusCounts {
+    /// One order moved from `from` (None: it is new) to `to`.
+    pub fn record(&mut self, from: Option<OrderStatus>, to: OrderStatus) {
+        if from == Some(to) {
+            return;
+        }
+        if let Some(from) = from {
+            self.0[from.index()] -= 1;
+        }
+        self.0[to.index()] += 1;
+    }
+
+    /// Adds `other` to these counts.
+    pub fn add(&mut self, other: &StatusCounts) {
+        for (a, b) in self.0.iter_mut().zip(other.0) {
+            *a += b;
+        }
+    }
+
+    /// Whether every count is zero.
+    pub fn is_zero(&self) -> bool {
+        self.0.iter().all(|&n| n == 0)
+    }
+
+    /// The count of `status`.
+    pub fn get(&self, status: OrderStatus) -> i64 {
+        self.0[status.index()]
+    }
+
+    /// Every status with its count.
+    pub fn iter(&self) -> impl Iterator<Item = (OrderStatus, i64)> + '_ {
+        OrderStatus::ALL.iter().copied().zip(self.0.iter().copied())
+    }
+}
+
+/// A change of a shard's durable per-status counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusUpdate {
+    /// Add these (signed) changes; what every commit batch carries.
+    Delta(StatusCounts),
+    /// Replace the counts (`orderly admin reindex`, rebuilt from the snapshots).
+    Set(StatusCounts),
+}
+
+impl Default for StatusUpdate {
+    fn default() -> StatusUpdate {
+        StatusUpdate::Delta(StatusCounts::default())
+    }
 }
 
 /// The writer of a group of shards (the shards of one arbiter thread): it acquires, renews
@@ -192,6 +261,9 @@ pub trait SnapshotStore: Send + Sync + 'static {
         shard: u32,
         now: crate::domain::Timestamp,
     ) -> BoxFuture<'static, Result<TimerCounts, StoreError>>;
+
+    /// The shard's durable per-status order counts (read when a shard is acquired).
+    fn status_counts(&self, shard: u32) -> BoxFuture<'static, Result<StatusCounts, StoreError>>;
 
     /// One page of every stored order's snapshot (for `orderly admin reindex`): at most about
     /// `count` snapshots from `cursor` (0 starts), and the next cursor (0: done).

@@ -66,11 +66,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::resp::{Reply, Request, RespConnection};
 use super::{
-    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StoreError,
-    StoredSnapshot, TimerChange, TimerCounts,
+    DueTimer, Lease, LeaseOwner, ScanPage, ShardBatch, ShardWriter, SnapshotStore, StatusCounts,
+    StatusUpdate, StoreError, StoredSnapshot, TimerChange, TimerCounts,
 };
 use crate::config::RedisSettings;
-use crate::domain::{OrderId, Timestamp};
+use crate::domain::{OrderId, OrderStatus, Timestamp};
 
 /// Takes a shard's lease if it is free, expired (gone: it has a TTL) or held under this node's
 /// id, with a new token from the shard's epoch counter.
@@ -195,6 +195,12 @@ impl RedisStore {
     /// (milliseconds since the epoch).
     pub fn timers_key(prefix: &str, shard: u32) -> String {
         format!("{prefix}:{{{shard}}}:timers")
+    }
+
+    /// The key of a shard's per-status order counts: a hash of status name to count, changed
+    /// by `HINCRBY` in the same transaction as the snapshots that move orders.
+    pub fn status_key(prefix: &str, shard: u32) -> String {
+        format!("{prefix}:{{{shard}}}:status")
     }
 
     /// The key of a shard's lease (`<token>:<node-id>`, with a TTL).
@@ -456,6 +462,33 @@ impl RedisShardWriter {
             queued += 1;
         }
         for batch in batches {
+            // The per-status counts: one HINCRBY per status whose count moved in the batch
+            // (a lifecycle batch moves a few statuses, whatever its size).
+            match &batch.status {
+                StatusUpdate::Delta(delta) => {
+                    for (status, n) in delta.iter().filter(|(_, n)| *n != 0) {
+                        request
+                            .command(4)
+                            .arg("HINCRBY")
+                            .arg(RedisStore::status_key(&self.prefix, batch.shard).as_bytes())
+                            .arg(status.as_str().as_bytes())
+                            .signed(n);
+                        queued += 1;
+                    }
+                }
+                StatusUpdate::Set(counts) => {
+                    let key = RedisStore::status_key(&self.prefix, batch.shard);
+                    request.command(2).arg("DEL").arg(key.as_bytes());
+                    request
+                        .command(2 + 2 * counts.0.len())
+                        .arg("HSET")
+                        .arg(key.as_bytes());
+                    for (status, n) in counts.iter() {
+                        request.arg(status.as_str().as_bytes()).signed(n);
+                    }
+                    queued += 2;
+                }
+            }
             // The timer index: one ZADD of every order whose entry moved and one ZREM of the
             // removed ones. When an order's entry changes twice in one batch only its last
             // change counts (the writes are in commit order).
@@ -707,7 +740,10 @@ impl ShardWriter for RedisShardWriter {
 
     fn write(&mut self, batches: Vec<ShardBatch>) -> BoxFuture<'_, Result<Vec<u32>, StoreError>> {
         async move {
-            if batches.iter().all(|b| b.writes.is_empty()) {
+            if batches
+                .iter()
+                .all(|b| b.writes.is_empty() && b.status == StatusUpdate::default())
+            {
                 return Ok(Vec::new());
             }
             self.transact(&batches, &[]).await
@@ -816,6 +852,30 @@ impl SnapshotStore for RedisStore {
                         })
                     })
                     .collect())
+            })
+            .await
+        }
+        .boxed()
+    }
+
+    fn status_counts(&self, shard: u32) -> BoxFuture<'static, Result<StatusCounts, StoreError>> {
+        let mut connection = self.connection(shard);
+        let key = RedisStore::status_key(&self.prefix, shard);
+        let timeout_ms = self.command_timeout_ms;
+        async move {
+            with_timeout(timeout_ms, async {
+                let fields: Vec<(String, i64)> = redis::cmd("HGETALL")
+                    .arg(&key)
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(unavailable)?;
+                let mut counts = StatusCounts::default();
+                for (name, n) in fields {
+                    if let Some(status) = OrderStatus::ALL.iter().find(|s| s.as_str() == name) {
+                        counts.0[status.index()] = n;
+                    }
+                }
+                Ok(counts)
             })
             .await
         }

@@ -1,4 +1,4 @@
-//! Rebuilding a store's timer index from its snapshots (`orderly admin reindex`), for every
+//! Rebuilding a store's timer index and per-status order counts from its snapshots (`orderly admin reindex`), for every
 //! shard. The index also schedules the payment checks that resume live gateway work, so this
 //! is what an upgrade from a release without it runs once. For orders stored before the timer index existed,
 //! and for disaster recovery.
@@ -12,7 +12,10 @@
 
 use std::collections::BTreeMap;
 
-use super::{LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite, StoreError, TimerChange};
+use super::{
+    LeaseOwner, ShardBatch, SnapshotStore, SnapshotWrite, StatusCounts, StatusUpdate, StoreError,
+    TimerChange,
+};
 use crate::domain::next_due;
 use crate::store::snapshot;
 
@@ -27,6 +30,8 @@ pub struct ReindexReport {
     pub live_payments: u64,
     /// Snapshots that could not be decoded (left untouched).
     pub unreadable: u64,
+    /// Orders by status: the per-shard status counts were rebuilt from these.
+    pub by_status: BTreeMap<&'static str, u64>,
 }
 
 /// Why a reindex stopped.
@@ -65,7 +70,7 @@ pub async fn reindex(
     }
     let mut report = ReindexReport::default();
     if outcome.is_ok() {
-        outcome = walk(store, &mut *writer, page, &mut report).await;
+        outcome = walk(store, &mut *writer, shards, page, &mut report).await;
     }
     for shard in held {
         let _ = writer.release(shard).await;
@@ -76,10 +81,12 @@ pub async fn reindex(
 async fn walk(
     store: &dyn SnapshotStore,
     writer: &mut dyn super::ShardWriter,
+    shards: u32,
     page: usize,
     report: &mut ReindexReport,
 ) -> Result<(), ReindexError> {
     let mut cursor = 0;
+    let mut counts = vec![StatusCounts::default(); shards as usize];
     loop {
         let (next, snapshots) = store.scan_snapshots(cursor, page).await?;
         let mut by_shard: BTreeMap<u32, Vec<SnapshotWrite>> = BTreeMap::new();
@@ -89,6 +96,10 @@ async fn walk(
                 report.unreadable += 1;
                 continue;
             };
+            if let Some(shard_counts) = counts.get_mut(stored.shard as usize) {
+                shard_counts.record(None, order.status);
+            }
+            *report.by_status.entry(order.status.as_str()).or_default() += 1;
             let timer = match next_due(&order) {
                 Some(due) => {
                     report.timers_armed += 1;
@@ -116,15 +127,30 @@ async fn walk(
         if !by_shard.is_empty() {
             let batches: Vec<ShardBatch> = by_shard
                 .into_iter()
-                .map(|(shard, writes)| ShardBatch { shard, writes })
+                .map(|(shard, writes)| ShardBatch::new(shard, writes))
                 .collect();
             if let Some(&shard) = writer.write(batches).await?.first() {
                 return Err(ReindexError::Owned(shard));
             }
         }
         if next == 0 {
-            return Ok(());
+            break;
         }
         cursor = next;
     }
+    // Every shard's counts are replaced, so counts left by a shard with no order now are
+    // cleared too.
+    let batches: Vec<ShardBatch> = counts
+        .into_iter()
+        .enumerate()
+        .map(|(shard, counts)| ShardBatch {
+            shard: shard as u32,
+            writes: Vec::new(),
+            status: StatusUpdate::Set(counts),
+        })
+        .collect();
+    if let Some(&shard) = writer.write(batches).await?.first() {
+        return Err(ReindexError::Owned(shard));
+    }
+    Ok(())
 }

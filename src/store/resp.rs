@@ -112,6 +112,11 @@ impl Request {
     }
 
     /// One integer argument.
+    /// A signed integer argument.
+    pub(crate) fn signed(&mut self, n: i64) -> &mut Self {
+        self.arg(itoa::Buffer::new().format(n).as_bytes())
+    }
+
     pub(crate) fn int(&mut self, value: u64) -> &mut Self {
         self.arg(itoa::Buffer::new().format(value))
     }

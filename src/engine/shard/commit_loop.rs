@@ -16,11 +16,11 @@ use tokio::sync::Notify;
 
 use super::{outcome_label, Ownership, ShardCore, ShardLimits};
 use crate::domain::{CommandEnvelope, OrderId};
-use crate::engine::commit::{coalesce, settle, CommitEntry};
+use crate::engine::commit::{coalesce, settle, CommitEntry, Figures};
 use crate::engine::live_set::LiveSet;
 use crate::engine::messages::EngineError;
 use crate::gateway::GatewayJob;
-use crate::store::{Lease, ShardBatch, ShardWriter, StoreError};
+use crate::store::{Lease, ShardBatch, ShardWriter, StatusCounts, StatusUpdate, StoreError};
 use crate::telemetry::{self, CommandTally, LeaseEvent};
 
 /// Pause before asking again for a lease that could not be asked for (store unreachable).
@@ -220,6 +220,9 @@ impl CommitGroup {
                 Ok(Some(lease)) => {
                     *core.acquire_error.borrow_mut() = None;
                     core.gain(lease);
+                    // Read before this group's next write, so no batch of the new term is
+                    // missed or counted twice.
+                    core.load_status_counts().await;
                 }
                 Ok(None) => {
                     *core.acquire_error.borrow_mut() = None;
@@ -287,6 +290,7 @@ impl CommitGroup {
                 }
             }
             core.ownership.set(Ownership::Released);
+            core.forget_status_counts();
             core.refuse_waiting();
             let _ = reply.send(());
         }
@@ -314,12 +318,15 @@ impl CommitGroup {
             batches.push(ShardBatch {
                 shard: core.shard,
                 writes: batch.writes,
+                status: StatusUpdate::Delta(batch.status),
             });
             parts.push(Part {
                 core,
                 entries,
                 write_of_entry: batch.write_of_entry,
                 stale,
+                status: batch.status,
+                figures: batch.figures,
             });
         }
         if parts.is_empty() {
@@ -355,6 +362,10 @@ impl CommitGroup {
                 }),
                 Ok(_) => Ok(()),
             };
+            if shard_outcome.is_ok() {
+                part.core.add_status_counts(&part.status);
+                telemetry::record_figures(&part.figures);
+            }
             part.core
                 .settle_batch(part.entries, part.write_of_entry, part.stale, shard_outcome);
         }
@@ -367,6 +378,8 @@ struct Part {
     entries: Vec<CommitEntry>,
     write_of_entry: Vec<Option<usize>>,
     stale: Vec<bool>,
+    status: StatusCounts,
+    figures: Figures,
 }
 
 impl ShardCore {
@@ -408,6 +421,7 @@ impl ShardCore {
     fn lose(&self, reason: LeaseEvent) {
         self.ownership.set(Ownership::Lost);
         telemetry::record_lease(reason);
+        self.forget_status_counts();
         let dropped = std::mem::replace(&mut *self.live.borrow_mut(), LiveSet::new());
         telemetry::record_lease_lost_actors(dropped.len());
         drop(dropped);

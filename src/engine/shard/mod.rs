@@ -19,6 +19,7 @@ mod commit_loop;
 mod gateway_link;
 mod passivation;
 mod routing;
+mod status;
 mod timers;
 
 use std::cell::{Cell, RefCell};
@@ -39,7 +40,7 @@ use crate::clock::SharedClock;
 use crate::config::Settings;
 use crate::domain::{OrderId, OrderPolicy};
 use crate::gateway::{GatewayReply, Gateways, ReplySender};
-use crate::store::{LeaseOwner, SnapshotStore};
+use crate::store::{LeaseOwner, SnapshotStore, StatusCounts};
 use crate::telemetry;
 use commit_loop::CommitGroup;
 pub(crate) use timers::FireRate;
@@ -171,6 +172,11 @@ pub(crate) struct ShardCore {
     timers: RefCell<TimerState>,
     /// The node-wide catch-up rate of timer fires.
     timer_rate: Arc<FireRate>,
+    /// The shard's per-status order counts as this owner knows them (the durable ones, plus
+    /// what its batches added), exported while the shard is owned; and whether they were read
+    /// from the store in this term.
+    status_counts: Cell<StatusCounts>,
+    status_loaded: Cell<bool>,
 }
 
 impl ShardCore {
@@ -340,6 +346,8 @@ impl ShardActor {
             clock,
             timers: RefCell::new(TimerState::default()),
             timer_rate,
+            status_counts: Cell::new(StatusCounts::default()),
+            status_loaded: Cell::new(false),
         });
         core.group.register(engine_id, &core);
         ShardActor {
@@ -387,6 +395,7 @@ impl Handler<Dispatch> for ShardActor {
     type Result = ();
 
     fn handle(&mut self, dispatch: Dispatch, _: &mut Context<Self>) {
+        telemetry::MAILBOX_DEPTH.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         self.core.dispatch(dispatch);
     }
 }

@@ -101,6 +101,9 @@ impl ShardCore {
             self.report_timer_counts(0, 0);
             return;
         }
+        if !self.status_counts_loaded() {
+            self.load_status_counts().await;
+        }
         let now = self.clock.now();
         let polls = {
             let mut state = self.timers.borrow_mut();
@@ -108,7 +111,14 @@ impl ShardCore {
             state.polls
         };
         if polls % COUNT_EVERY_POLLS == 1 {
-            if let Ok(counts) = self.store.timer_counts(self.shard, now).await {
+            let started = std::time::Instant::now();
+            let counts = self.store.timer_counts(self.shard, now).await;
+            telemetry::record_store_request(
+                self.store.kind(),
+                "timer_counts",
+                started.elapsed().as_secs_f64(),
+            );
+            if let Ok(counts) = counts {
                 self.report_timer_counts(counts.armed, counts.overdue);
             }
         }
@@ -121,11 +131,17 @@ impl ShardCore {
             let state = self.timers.borrow();
             state.in_flight.len() + state.retry_at.len().min(limits.fire_batch_max)
         };
-        let due = match self
+        let started = std::time::Instant::now();
+        let due = self
             .store
             .due_timers(self.shard, now, budget + skipped + 1)
-            .await
-        {
+            .await;
+        telemetry::record_store_request(
+            self.store.kind(),
+            "due_timers",
+            started.elapsed().as_secs_f64(),
+        );
+        let due = match due {
             Ok(due) => due,
             Err(error) => {
                 tracing::debug!(shard = self.shard, %error, "timer poll failed");
