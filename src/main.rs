@@ -6,7 +6,7 @@ use clap::Parser;
 // glibc malloc spent ~25% of CPU in arena locks and consolidation in the demo profile.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use orderly::cli::{admin, demo, events, inspect, serve, Cli, CliCommand};
+use orderly::cli::{admin, demo, events, inspect, serve, Cli, CliCommand, LogFormat};
 
 /// mimalloc's `mi_option_purge_delay` (see its `mimalloc.h`; the Rust bindings name no
 /// constant for it).
@@ -22,13 +22,27 @@ fn main() -> anyhow::Result<()> {
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
     }
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    // `serve` tells operators what it does (start, stop, breaker and lease changes) at INFO;
+    // the one-shot commands print their own reports and log only problems. Per-order events
+    // are DEBUG, and order contents are never logged above it.
+    let default_level = match cli.command {
+        CliCommand::Serve(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ORDERLY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+        .with_env_filter(filter);
+    match cli.log_format {
+        LogFormat::Human => logs.init(),
+        // One JSON object per line, with the span stack, for log pipelines.
+        LogFormat::Json => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+    }
     let system = actix_rt::System::new();
     system.block_on(async move {
         match cli.command {

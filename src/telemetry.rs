@@ -315,6 +315,15 @@ fn describe_engine() {
     for status in ["accepted", "rejected"] {
         counter!(BULK_LINES_TOTAL, "status" => status).increment(0);
     }
+    for reason in ["capacity", "idle", "unknown_order", "settled", "lease_lost"] {
+        counter!(PASSIVATIONS_TOTAL, "reason" => reason).increment(0);
+    }
+    for reason in ["store_error", "panic_or_load_error"] {
+        counter!(RESTARTS_TOTAL, "reason" => reason).increment(0);
+    }
+    gauge!(WAITING_COMMANDS).increment(0.0);
+    gauge!(SHARDS_OWNED).increment(0.0);
+    counter!(PAYMENTS_RESUMED_TOTAL).increment(0);
     sample();
 }
 
@@ -358,6 +367,19 @@ pub(crate) fn record_command_latency(verb: &str, seconds: f64) {
         if let Some((_, h)) = histograms.iter().find(|(v, _)| *v == verb) {
             h.record(seconds);
         }
+    }
+}
+
+/// Starts the series of a store (called when an engine starts on it): its commit and
+/// round-trip histograms render, empty, before the first write.
+pub(crate) fn start_store_series(store: &'static str) {
+    let _ = histogram!(COMMIT_BATCH_SIZE, "store" => store);
+    let _ = histogram!(COMMIT_BATCH_SECONDS, "store" => store);
+    counter!(COMMIT_FAILURES_TOTAL, "store" => store).increment(0);
+    counter!(SNAPSHOTS_WRITTEN_TOTAL, "store" => store).increment(0);
+    counter!(EVENTS_TOTAL, "store" => store).increment(0);
+    for operation in ["load", "due_timers", "timer_counts", "status_counts"] {
+        let _ = histogram!(STORE_REQUEST_SECONDS, "store" => store, "operation" => operation);
     }
 }
 
@@ -710,6 +732,7 @@ pub(crate) fn describe_ingest() {
     for outcome in ["accepted", "duplicate", "dead_lettered", "retry"] {
         counter!(INGEST_ENTRIES_TOTAL, "outcome" => outcome).increment(0);
     }
+    let _ = histogram!(INGEST_BATCH_SECONDS);
     counter!(INGEST_READ_TOTAL).increment(0);
     counter!(INGEST_ACKNOWLEDGED_TOTAL).increment(0);
     gauge!(INGEST_LAG).increment(0.0);
@@ -840,6 +863,29 @@ pub(crate) struct GatewayMetrics {
 impl GatewayMetrics {
     pub(crate) fn new(gateway: &str) -> GatewayMetrics {
         let label = gateway.to_string();
+        // The main series of each kind start at zero, so rates and alerts see them at once.
+        for (operation, outcome) in [
+            ("charge", "succeeded"),
+            ("charge", "unknown"),
+            ("query", "captured"),
+            ("reverse", "voided"),
+            ("refund", "succeeded"),
+        ] {
+            counter!(GATEWAY_CALLS_TOTAL, "gateway" => label.clone(), "operation" => operation, "outcome" => outcome)
+                .increment(0);
+        }
+        counter!(PAYMENT_ATTEMPTS_TOTAL, "gateway" => label.clone(), "outcome" => "succeeded")
+            .increment(0);
+        counter!(PAYMENT_QUERIES_TOTAL, "gateway" => label.clone(), "outcome" => "captured")
+            .increment(0);
+        counter!(PAYMENT_REVERSALS_TOTAL, "gateway" => label.clone(), "outcome" => "voided")
+            .increment(0);
+        counter!(PAYMENT_REFUNDS_TOTAL, "gateway" => label.clone(), "outcome" => "succeeded")
+            .increment(0);
+        for to in ["open", "half_open", "closed"] {
+            counter!(GATEWAY_BREAKER_TRANSITIONS_TOTAL, "gateway" => label.clone(), "to" => to)
+                .increment(0);
+        }
         GatewayMetrics {
             gateway: label.clone(),
             call_seconds: GATEWAY_OPERATIONS.map(|operation| {
@@ -1139,6 +1185,9 @@ pub(crate) fn describe_timers() {
             counter!(TIMERS_FIRED_TOTAL, "timer" => timer, "outcome" => outcome).increment(0);
         }
     }
+    for timer in TIMER_VERBS {
+        let _ = histogram!(TIMER_LAG_SECONDS, "timer" => timer);
+    }
     counter!(TIMERS_REINDEXED_TOTAL).increment(0);
     counter!(TIMERS_THROTTLED_TOTAL).increment(0);
     gauge!(TIMERS_ARMED).set(0.0);
@@ -1167,4 +1216,206 @@ pub(crate) fn record_timers_throttled(n: u64) {
 pub(crate) fn record_timer_counts_delta(armed: f64, overdue: f64) {
     gauge!(TIMERS_ARMED).increment(armed);
     gauge!(TIMERS_OVERDUE).increment(overdue);
+}
+
+/// A metric family's kind in the exposition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows (`_total`).
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// Explicit buckets (`_bucket`, `_sum`, `_count`).
+    Histogram,
+}
+
+impl Kind {
+    /// The `# TYPE` word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One entry of the catalogue: name, kind, labels, meaning, and whether every process exposes
+/// it (`false`: only with a feature configured, such as stream ingest, webhook receivers or
+/// the Redis outbox).
+pub struct Family {
+    /// The metric name.
+    pub name: &'static str,
+    /// Its kind.
+    pub kind: Kind,
+    /// Its labels.
+    pub labels: &'static [&'static str],
+    /// What it measures.
+    pub meaning: &'static str,
+    /// Exposed by every `orderly serve`, from start.
+    pub always: bool,
+}
+
+const fn family(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    meaning: &'static str,
+    always: bool,
+) -> Family {
+    Family {
+        name,
+        kind,
+        labels,
+        meaning,
+        always,
+    }
+}
+
+/// Every metric family Orderly exposes: the README's table is generated from it, and the tests
+/// check that `/metrics` holds each one.
+pub const CATALOGUE: &[Family] = &[
+    // Business.
+    family(ORDER_ITEMS_TOTAL, Kind::Counter, &[], "O: items of placed orders (Σ quantities), counted once durable", true),
+    family(ORDER_VALUE_TOTAL, Kind::Counter, &["currency"], "P: value of placed orders (Σ price × quantity), minor units", true),
+    family(PAID_VALUE_TOTAL, Kind::Counter, &["currency"], "value paid, minor units; R = rate(paid) / rate(placed) per currency", true),
+    family(REFUNDED_VALUE_TOTAL, Kind::Counter, &["currency"], "value refunded, minor units", true),
+    family(CURRENCY_INFO, Kind::Gauge, &["currency", "minor_units"], "1 per currency; `minor_units` converts minor to major units", true),
+    family(ORDERS, Kind::Gauge, &["status"], "orders in each status across the store (durable per-shard counts of the shards this node owns)", true),
+    // Commands and commits.
+    family(COMMANDS_TOTAL, Kind::Counter, &["command", "outcome"], "commands answered; orders placed = `{command=\"place\",outcome=\"ok\"}`", true),
+    family(COMMAND_SECONDS, Kind::Histogram, &["command"], "command latency in the engine, call to durable answer", true),
+    family(COMMIT_BATCH_SIZE, Kind::Histogram, &["store"], "snapshots per commit batch", true),
+    family(COMMIT_BATCH_SECONDS, Kind::Histogram, &["store"], "store write latency of one commit batch", true),
+    family(COMMIT_FAILURES_TOTAL, Kind::Counter, &["store"], "commit batches the store failed", true),
+    family(SNAPSHOTS_WRITTEN_TOTAL, Kind::Counter, &["store"], "snapshots written", true),
+    family(EVENTS_TOTAL, Kind::Counter, &["store"], "outbox events written with the snapshots", true),
+    family(STORE_REQUEST_SECONDS, Kind::Histogram, &["store", "operation"], "store round trips besides commits: load, due_timers, timer_counts, status_counts", true),
+    family(STORE_UP, Kind::Gauge, &["store"], "1 while the store answers its ping (sampled each second)", true),
+    // HTTP.
+    family(HTTP_REQUESTS_TOTAL, Kind::Counter, &["route", "status"], "HTTP answers by route pattern and status class", true),
+    family(HTTP_REQUEST_SECONDS, Kind::Histogram, &["route"], "HTTP latency until the response head", true),
+    // Engine.
+    family(LIVE_ORDERS, Kind::Gauge, &[], "live order actors", true),
+    family(ACTIVATIONS_TOTAL, Kind::Counter, &[], "order actors activated (created or loaded)", true),
+    family(PASSIVATIONS_TOTAL, Kind::Counter, &["reason"], "order actors passivated: capacity, idle, unknown_order, settled, lease_lost", true),
+    family(RESTARTS_TOTAL, Kind::Counter, &["reason"], "order actors reloaded from their snapshot: store_error, panic_or_load_error", true),
+    family(SHARD_MAILBOX_DEPTH, Kind::Gauge, &[], "messages waiting in the shard mailboxes", true),
+    family(WAITING_COMMANDS, Kind::Gauge, &[], "commands parked while the live set was full", true),
+    family(OVERLOAD_REJECTIONS_TOTAL, Kind::Counter, &[], "commands refused for overload (429)", true),
+    family(LEASE_EVENTS_TOTAL, Kind::Counter, &["event"], "shard leases acquired, renewed, renewal_failed, renewal_refused / write_refused (lost), released", true),
+    family(SHARDS_OWNED, Kind::Gauge, &[], "shards whose lease this node holds", true),
+    family(PROCESS_RESIDENT_MEMORY, Kind::Gauge, &[], "resident memory of the process", true),
+    family(PROCESS_CPU_SECONDS, Kind::Counter, &[], "CPU time of the process, user + system", true),
+    family(PROCESS_OPEN_FDS, Kind::Gauge, &[], "open file descriptors", true),
+    family(PROCESS_START_TIME, Kind::Gauge, &[], "start time, seconds since the epoch", true),
+    // Ingest.
+    family(BULK_LINES_TOTAL, Kind::Counter, &["status"], "bulk NDJSON lines accepted / rejected", true),
+    family(INGEST_ENTRIES_TOTAL, Kind::Counter, &["outcome"], "stream entries by outcome: accepted, duplicate, dead_lettered, retry", true),
+    family(INGEST_READ_TOTAL, Kind::Counter, &[], "stream entries read", true),
+    family(INGEST_ACKNOWLEDGED_TOTAL, Kind::Counter, &[], "stream entries acknowledged", true),
+    family(INGEST_LAG, Kind::Gauge, &[], "entries of the ingest stream not yet delivered to the group", true),
+    family(INGEST_BATCH_SECONDS, Kind::Histogram, &[], "time to place and acknowledge one batch of entries", true),
+    // Payments.
+    family(GATEWAY_CALLS_TOTAL, Kind::Counter, &["gateway", "operation", "outcome"], "gateway calls: charge, query, reverse, refund", true),
+    family(GATEWAY_CALL_SECONDS, Kind::Histogram, &["gateway", "operation"], "latency of one gateway call (one try)", true),
+    family(PAYMENT_ATTEMPTS_TOTAL, Kind::Counter, &["gateway", "outcome"], "payment attempts by outcome", true),
+    family(PAYMENT_RETRIES_TOTAL, Kind::Counter, &["gateway"], "retries of calls that were not sent", true),
+    family(PAYMENT_QUERIES_TOTAL, Kind::Counter, &["gateway", "outcome"], "status queries of attempts with an unknown outcome", true),
+    family(PAYMENT_REVERSALS_TOTAL, Kind::Counter, &["gateway", "outcome"], "reversals of attempts whose outcome stayed unknown", true),
+    family(PAYMENT_REFUNDS_TOTAL, Kind::Counter, &["gateway", "outcome"], "refunds by outcome", true),
+    family(PAYMENT_NEEDS_REVIEW_TOTAL, Kind::Counter, &["gateway"], "attempts and refunds left for a human", true),
+    family(GATEWAY_BREAKER_STATE, Kind::Gauge, &["gateway"], "circuit breaker: 0 closed, 1 half-open, 2 open", true),
+    family(GATEWAY_BREAKER_TRANSITIONS_TOTAL, Kind::Counter, &["gateway", "to"], "breaker transitions", true),
+    family(PAYMENTS_RESUMED_TOTAL, Kind::Counter, &[], "orders with live gateway work resumed by a payment check", true),
+    // Timers.
+    family(TIMERS_FIRED_TOTAL, Kind::Counter, &["timer", "outcome"], "durable timers fired / refused", true),
+    family(TIMER_LAG_SECONDS, Kind::Histogram, &["timer"], "lag from a timer's due time to its firing", true),
+    family(TIMERS_ARMED, Kind::Gauge, &[], "timer index entries of the owned shards", true),
+    family(TIMERS_OVERDUE, Kind::Gauge, &[], "of those, entries already due", true),
+    family(TIMERS_REINDEXED_TOTAL, Kind::Counter, &[], "stale timer entries corrected", true),
+    family(TIMERS_THROTTLED_TOTAL, Kind::Counter, &[], "due timers left for later by the catch-up rate", true),
+    // Outbox and webhooks (Redis store; webhook series per configured receiver).
+    family(OUTBOX_APPENDED_TOTAL, Kind::Counter, &["type"], "events appended to the shard outbox streams", true),
+    family(OUTBOX_OVERFLOWED_TOTAL, Kind::Counter, &[], "events sent to an overflow stream (outbox at its cap)", true),
+    family(OUTBOX_TRIMMED_TOTAL, Kind::Counter, &[], "outbox entries trimmed after every group acknowledged them", true),
+    family(WEBHOOK_DELIVERIES_TOTAL, Kind::Counter, &["receiver", "outcome"], "webhook tries: delivered, retried, dead_lettered, gone", false),
+    family(WEBHOOK_DELIVERY_SECONDS, Kind::Histogram, &["receiver"], "latency of one webhook request", false),
+    family(WEBHOOK_BACKLOG, Kind::Gauge, &["receiver"], "outbox entries a receiver has not acknowledged", false),
+    family(WEBHOOK_DISABLED, Kind::Gauge, &["receiver"], "1 while a receiver is disabled (410 Gone)", false),
+];
+
+/// The catalogue as the README's Markdown table.
+pub fn catalogue_markdown() -> String {
+    let mut table = String::from("| metric | type | labels | meaning |\n|---|---|---|---|\n");
+    for f in CATALOGUE {
+        let labels = if f.labels.is_empty() {
+            "–".to_string()
+        } else {
+            f.labels.join(", ")
+        };
+        table.push_str(&format!(
+            "| `{}` | {} | {} | {}{} |\n",
+            f.name,
+            f.kind.as_str(),
+            labels,
+            f.meaning.replace('|', "\\|"),
+            if f.always {
+                ""
+            } else {
+                " (per configured webhook receiver)"
+            },
+        ));
+    }
+    table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_histogram_has_explicit_buckets() {
+        for f in CATALOGUE.iter().filter(|f| f.kind == Kind::Histogram) {
+            assert!(
+                BUCKETS.iter().any(|(name, _)| *name == f.name),
+                "{} has no buckets",
+                f.name
+            );
+        }
+        for (name, buckets) in BUCKETS {
+            assert!(buckets.windows(2).all(|w| w[0] < w[1]), "{name}");
+        }
+    }
+
+    #[test]
+    fn names_follow_the_conventions() {
+        let mut seen = std::collections::HashSet::new();
+        for f in CATALOGUE {
+            assert!(seen.insert(f.name), "{} twice", f.name);
+            assert!(
+                f.name.starts_with("orderly_") || f.name.starts_with("process_"),
+                "{}",
+                f.name
+            );
+            assert_eq!(
+                f.kind == Kind::Counter,
+                f.name.ends_with("_total"),
+                "{}: counters and only counters end in _total",
+                f.name
+            );
+            assert!(!f.labels.contains(&"order_id"), "{}", f.name);
+        }
+    }
+
+    #[test]
+    fn the_readme_table_is_the_catalogue() {
+        let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+            .expect("README.md");
+        let table = catalogue_markdown();
+        assert!(
+            readme.contains(&table),
+            "README.md's metrics table is out of date; replace it with:\n\n{table}"
+        );
+    }
 }

@@ -473,10 +473,41 @@ async fn admin_reindex_rebuilds_the_timer_index_from_the_snapshots() {
     );
     h.engine.shutdown().await;
 
-    // Lose the index (as a store written before it existed), then rebuild it.
+    // The per-status counts the commits kept, summed over shards.
+    let status_counts = |server: &RedisServer| -> std::collections::BTreeMap<String, i64> {
+        let mut counts = std::collections::BTreeMap::new();
+        for shard in 0..SHARDS {
+            let reply = server.command(&["HGETALL", &RedisStore::status_key("orderly", shard)]);
+            for pair in reply.as_array().expect("HGETALL").chunks(2) {
+                let n: i64 = pair[1].as_str().unwrap().parse().unwrap();
+                if n != 0 {
+                    *counts
+                        .entry(pair[0].as_str().unwrap().to_string())
+                        .or_default() += n;
+                }
+            }
+        }
+        counts
+    };
+    let expected: std::collections::BTreeMap<String, i64> = [
+        ("completed".to_string(), 20),
+        ("pending_payment".to_string(), 300),
+    ]
+    .into();
+    assert_eq!(status_counts(&server), expected, "kept by the commits");
+
+    // Lose the indexes (as a store written before they existed), then rebuild them. A wrong
+    // count left in a shard is replaced, not added to.
     for shard in 0..SHARDS {
         server.command(&["DEL", &RedisStore::timers_key("orderly", shard)]);
+        server.command(&["DEL", &RedisStore::status_key("orderly", shard)]);
     }
+    server.command(&[
+        "HSET",
+        &RedisStore::status_key("orderly", 0),
+        "shipped",
+        "7",
+    ]);
     assert_eq!(sum_zcard(&server), 0);
     let rebuilt = admin_reindex(&server);
     assert!(
@@ -488,7 +519,13 @@ async fn admin_reindex_rebuilds_the_timer_index_from_the_snapshots() {
         serde_json::from_slice(&rebuilt.stdout).expect("reindex prints a JSON report");
     assert_eq!(report["scanned"], 320, "{report}");
     assert_eq!(report["timers_armed"], 300, "{report}");
+    assert_eq!(report["by_status"]["pending_payment"], 300, "{report}");
     assert_eq!(sum_zcard(&server), 300);
+    assert_eq!(
+        status_counts(&server),
+        expected,
+        "rebuilt from the snapshots"
+    );
     for id in unpaid.iter().step_by(29) {
         let shard = h.engine.shard_of(*id);
         let score = server.command(&[

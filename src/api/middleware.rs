@@ -7,6 +7,7 @@ use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::Next;
 use actix_web::{web, ResponseError};
+use tracing::Instrument;
 
 use super::error::{normalize_error_response, ApiError};
 use super::ApiState;
@@ -31,8 +32,9 @@ pub(crate) async fn edge(
     let allowed = req
         .app_data::<web::Data<ApiState>>()
         .is_none_or(|state| state.keys.allows(&req));
+    let span = tracing::debug_span!("http_request", method = %req.method(), route = %route);
     let response = if allowed {
-        match next.call(req).await {
+        match next.call(req).instrument(span).await {
             Ok(response) => normalize_error_response(response),
             Err(error) => {
                 // Inner services turn handler errors into responses, so this is rare; the

@@ -22,6 +22,19 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: CliCommand,
+    /// Log lines on stderr: `human` (default) or `json` (one object per line, with spans).
+    /// The level comes from `ORDERLY_LOG` (an env-filter, e.g. `info,orderly=debug`).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// The format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Readable lines.
+    Human,
+    /// JSON objects, one per line.
+    Json,
 }
 
 /// Options every subcommand shares.

@@ -83,6 +83,7 @@ impl Engine {
         // Distinguishes this engine's commit groups from another engine's on the same thread.
         static ENGINES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let engine_id = ENGINES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        telemetry::start_store_series(store.kind());
         let owner = LeaseOwner {
             node_id: settings.cluster.effective_node_id().into(),
             ttl_ms: settings.cluster.lease_ttl_ms,

@@ -24,6 +24,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use actix::{Actor, Context, Handler, Message, ResponseFuture};
 use futures_util::future::{BoxFuture, FutureExt};
@@ -205,7 +206,9 @@ impl GatewayCore {
         };
         let started = Instant::now();
         let timeout_ms = self.attempt_timeout.as_millis() as u64;
-        let result = match tokio::time::timeout(self.attempt_timeout, make(&*self.port)).await {
+        let span = tracing::debug_span!("gateway_call", gateway = %self.name, operation);
+        let call = tokio::time::timeout(self.attempt_timeout, make(&*self.port));
+        let result = match call.instrument(span).await {
             Ok(Err(GatewayError::Timeout(_))) | Err(_) => Err(GatewayError::Timeout(timeout_ms)),
             Ok(result) => result,
         };

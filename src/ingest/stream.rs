@@ -18,6 +18,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Value;
@@ -295,7 +296,8 @@ impl StreamConsumer {
                 next_lag_sample = Instant::now() + LAG_SAMPLE_INTERVAL;
                 self.sample_lag().await;
             }
-            match self.step().await {
+            let span = tracing::debug_span!("ingest_batch", stream = %self.stream);
+            match self.step().instrument(span).await {
                 Ok(retry) if retry => self.back_off().await,
                 Ok(_) => self.backoff = Duration::ZERO,
                 Err(error) => {

@@ -361,7 +361,10 @@ impl RedisShardWriter {
             }
             let writes: Vec<&ShardBatch> = batches
                 .iter()
-                .filter(|b| self.held.contains_key(&b.shard) && !b.writes.is_empty())
+                .filter(|b| {
+                    self.held.contains_key(&b.shard)
+                        && (!b.writes.is_empty() || b.status != StatusUpdate::default())
+                })
                 .collect();
             let renewals: Vec<u32> = renew
                 .iter()

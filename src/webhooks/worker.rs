@@ -3,6 +3,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 use bytes::Bytes;
 use futures_util::stream::{self, StreamExt};
@@ -306,7 +307,10 @@ impl Worker {
         }
         let this = &*self;
         let outcomes: Vec<(usize, Final)> = stream::iter(jobs)
-            .map(|(i, line)| async move { (i, this.deliver(line).await) })
+            .map(|(i, line)| async move {
+                let span = tracing::debug_span!("webhook_delivery", receiver = %this.name);
+                (i, this.deliver(line).instrument(span).await)
+            })
             .buffer_unordered(self.settings.concurrency_max)
             .collect()
             .await;

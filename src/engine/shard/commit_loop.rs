@@ -13,6 +13,7 @@ use std::rc::{Rc, Weak};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use super::{outcome_label, Ownership, ShardCore, ShardLimits};
 use crate::domain::{CommandEnvelope, OrderId};
@@ -342,7 +343,8 @@ impl CommitGroup {
         let outcome = if snapshots == 0 {
             Ok(Vec::new())
         } else {
-            writer.write(batches).await
+            let span = tracing::debug_span!("commit_batch", shards = batches.len(), snapshots);
+            writer.write(batches).instrument(span).await
         };
         if snapshots > 0 {
             telemetry::record_commit(

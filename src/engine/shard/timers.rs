@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::rc::{Rc, Weak};
 use std::sync::Mutex;
 use std::time::Duration;
+use tracing::Instrument;
 
 use super::{Ownership, ShardCore};
 use crate::clock::SharedClock;
@@ -92,7 +93,8 @@ impl ShardCore {
             let Some(core) = core.upgrade() else {
                 return;
             };
-            core.poll_timers(limits).await;
+            let span = tracing::debug_span!("timer_poll", shard = core.shard);
+            core.poll_timers(limits).instrument(span).await;
         }
     }
 
