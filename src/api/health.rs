@@ -16,7 +16,8 @@ use crate::telemetry;
 /// How long a readiness probe waits for the store.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// The dashboard page: static HTML that polls `/metrics`.
+/// The dashboard page: one self-contained HTML file (SVG charts, no external resources) that
+/// polls `/v1/stats` once a second.
 const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 /// The process's Prometheus handle. A process has one global metrics recorder, so the first
@@ -89,7 +90,7 @@ pub(crate) async fn metrics(state: web::Data<ApiState>) -> Result<HttpResponse, 
         .body(telemetry::render(handle)))
 }
 
-/// A live dashboard page (polls `/metrics` every second).
+/// The live dashboard (polls `/v1/stats` every second).
 #[get("/")]
 pub(crate) async fn dashboard() -> HttpResponse {
     HttpResponse::Ok()
