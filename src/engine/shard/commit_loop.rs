@@ -33,6 +33,45 @@ thread_local! {
     /// Every shard of each engine on this thread, whatever its group: a dispatch for this
     /// thread reaches its shards through it.
     static SHARDS: RefCell<HashMap<(u64, u32), Weak<ShardCore>>> = RefCell::new(HashMap::new());
+    /// Work routed to a shard of this thread before its actor was created (a router can start
+    /// first), by engine and shard; the shard takes it when it starts.
+    static PARKED: RefCell<HashMap<(u64, u32), Vec<ParkedWork>>> = RefCell::new(HashMap::new());
+}
+
+/// One request waiting for its shard to start: order, request, fresh, where the answer goes.
+pub(super) type ParkedWork = (
+    OrderId,
+    crate::engine::messages::Request,
+    bool,
+    crate::engine::commit::PendingReply,
+);
+
+/// Most requests parked per shard before its actor starts; past it they are refused.
+const PARKED_MAX: usize = 65_536;
+
+/// Parks `work` until shard `shard` of engine `engine_id` starts on this thread.
+pub(super) fn park_for_shard(engine_id: u64, shard: u32, work: ParkedWork) {
+    PARKED.with(|parked| {
+        let mut parked = parked.borrow_mut();
+        let queue = parked.entry((engine_id, shard)).or_default();
+        if queue.len() >= PARKED_MAX {
+            work.3.send(Err(EngineError::Internal(format!(
+                "shard {shard} has not started on this thread"
+            ))));
+        } else {
+            queue.push(work);
+        }
+    });
+}
+
+/// The work parked for a shard that just started.
+pub(super) fn take_parked(engine_id: u64, shard: u32) -> Vec<ParkedWork> {
+    PARKED.with(|parked| {
+        parked
+            .borrow_mut()
+            .remove(&(engine_id, shard))
+            .unwrap_or_default()
+    })
 }
 
 /// The shard `shard` of engine `engine_id`, if it lives on this thread.

@@ -363,6 +363,7 @@ impl Actor for ShardActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.core.group.start();
+        self.core.adopt_parked();
         // Gateway verdicts and redeliveries arrive on their own channels, never behind bulk
         // work in the shard's mailbox.
         if let Some(mut rx) = self.gateway_rx.take() {

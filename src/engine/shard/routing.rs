@@ -68,9 +68,13 @@ impl ShardCore {
                         };
                     }
                     let Some(core) = &target else {
-                        reply.send(Err(EngineError::Internal(format!(
-                            "shard {shard} is not on this thread"
-                        ))));
+                        // Right after start a thread's router can receive work for a shard
+                        // whose actor this thread has not created yet: it waits for it.
+                        commit_loop::park_for_shard(
+                            self.engine_id,
+                            shard,
+                            (order_id, request, fresh, reply),
+                        );
                         continue;
                     };
                     let token = core.replies.borrow_mut().insert(reply);
@@ -83,6 +87,23 @@ impl ShardCore {
                     );
                 }
             }
+        }
+    }
+
+    /// Takes the work that arrived for this shard before it was registered (see
+    /// `commit_loop::park_for_shard`).
+    pub(super) fn adopt_parked(self: &Rc<Self>) {
+        for (order_id, request, fresh, reply) in
+            commit_loop::take_parked(self.engine_id, self.shard)
+        {
+            let token = self.replies.borrow_mut().insert(reply);
+            self.route(
+                order_id,
+                Work::Request(request),
+                fresh,
+                token,
+                Origin::Client,
+            );
         }
     }
 
