@@ -86,6 +86,8 @@ impl Api {
             Step::Ship => (format!("/v1/orders/{id}/ship"), "application/json"),
             Step::Deliver => (format!("/v1/orders/{id}/deliver"), "application/json"),
             Step::Get => (format!("/v1/orders/{id}"), "application/json"),
+            Step::Cancel => (format!("/v1/orders/{id}/cancel"), "application/json"),
+            Step::Refund => (format!("/v1/orders/{id}/refund"), "application/json"),
             Step::Bulk => ("/v1/orders/bulk".to_string(), "application/x-ndjson"),
         };
         let url = self.target.url(&path);
@@ -130,6 +132,24 @@ impl Api {
                 bulk: None,
             },
         }
+    }
+}
+
+impl Api {
+    /// The server's `/metrics` page (Prometheus text), within `timeout`.
+    pub(crate) async fn metrics(&self, timeout: Duration) -> anyhow::Result<String> {
+        let response = self
+            .http
+            .get(self.target.url("/metrics"))
+            .timeout(timeout)
+            .send()
+            .await
+            .context("GET /metrics")?;
+        let status = response.status();
+        if !status.is_success() {
+            anyhow::bail!("GET /metrics answered {status}");
+        }
+        response.text().await.context("GET /metrics body")
     }
 }
 

@@ -12,9 +12,13 @@
 //! - `payload`: request bodies (orders, NDJSON batches), deterministic per arrival.
 //! - `client`: the HTTP calls and how their answers are classified.
 //! - [`report`]: HdrHistogram latencies per request kind, counts, the human and JSON reports.
+//! - [`metrics`]: the server's counters from its `/metrics`, before and after a run.
+//! - [`output`]: the report as Markdown, an SVG plot, and HdrHistogram `.hgrm` text.
 //! - [`runner`]: the load loop: schedule, bounded concurrency, progress line.
 
 pub(crate) mod client;
+pub mod metrics;
+pub mod output;
 pub(crate) mod payload;
 pub mod report;
 pub mod runner;

@@ -1,13 +1,16 @@
 //! `orderly-load`: parse the command line, run the load, print the report.
 
-use std::path::PathBuf;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use orderly_load::output;
+use orderly_load::report::Report;
 use orderly_load::runner::{self, RunConfig};
-use orderly_load::scenario::Scenario;
+use orderly_load::scenario::{parse_duration, Scenario};
 use orderly_load::target::Target;
 
 /// Open-model (constant arrival rate) load generator for Orderly's HTTP API.
@@ -30,12 +33,15 @@ struct RunArgs {
     /// Base URL of a running `orderly serve`; loopback addresses only.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     target: String,
-    /// Arrivals per second (each arrival runs the scenario's steps once).
-    #[arg(long, default_value_t = 1000)]
-    rate: u64,
-    /// Length of the schedule, e.g. `30s`, `500ms`, `2m`.
-    #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    /// Arrivals per second (each arrival runs the scenario's steps once); default 1000. With a
+    /// ramp (`[[stages]]`), every stage is scaled so that the highest runs at this rate
+    /// (default: the stages as written).
+    #[arg(long)]
+    rate: Option<u64>,
+    /// Length of the schedule, e.g. `30s`, `500ms`, `2m`; default 10s. Not with a ramp (its
+    /// stages say how long they last).
+    #[arg(long, value_parser = parse_duration)]
+    duration: Option<Duration>,
     /// Scenario file (see load-tests/scenarios/).
     #[arg(long, default_value = "load-tests/scenarios/place.toml")]
     scenario: PathBuf,
@@ -51,31 +57,25 @@ struct RunArgs {
     /// Also print the report as one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
-    /// No progress line on stderr.
+    /// No progress line on stderr (it is also off when stderr is not a terminal).
     #[arg(long)]
     quiet: bool,
-}
-
-/// Parses `250ms`, `30s`, `2m`, `1h` (an integer and a unit).
-fn parse_duration(text: &str) -> anyhow::Result<Duration> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .with_context(|| format!("{text:?}: add a unit (ms, s, m, h)"))?;
-    let (number, unit) = text.split_at(split);
-    let value: u64 = number
-        .parse()
-        .with_context(|| format!("{text:?}: expected a whole number before the unit"))?;
-    let millis_per_unit = match unit {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        _ => bail!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)"),
-    };
-    let millis = value
-        .checked_mul(millis_per_unit)
-        .with_context(|| format!("{text:?} is too long"))?;
-    Ok(Duration::from_millis(millis))
+    /// Write the full report (with the server's counters and the time series) as JSON here.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
+    /// Write a human summary in Markdown here.
+    #[arg(long, value_name = "FILE")]
+    report_md: Option<PathBuf>,
+    /// Write an SVG plot of throughput and p50/p99 over time here.
+    #[arg(long, value_name = "FILE.svg")]
+    plot: Option<PathBuf>,
+    /// Write the latency distribution in HdrHistogram's percentile-distribution format here.
+    #[arg(long, value_name = "FILE")]
+    hgrm: Option<PathBuf>,
+    /// Which latency goes to `--hgrm`: a request kind (`place`, `pay`, …), `flow`, or
+    /// `flow:<name>`; default `flow` for multi-step scenarios, else the only kind.
+    #[arg(long, value_name = "KIND")]
+    hgrm_kind: Option<String>,
 }
 
 #[tokio::main]
@@ -94,36 +94,75 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let CliCommand::Run(args) = cli.command;
     let target = Target::parse(&args.target)?;
     let scenario = Scenario::load(&args.scenario)?;
+    if !scenario.stages.is_empty() && args.duration.is_some() {
+        bail!(
+            "scenario {} has [[stages]], which say how long it runs: drop --duration",
+            scenario.name
+        );
+    }
+    // With a ramp and no --rate, the stages run as written (their highest rate is the peak).
+    let rate = match args.rate {
+        Some(rate) => rate,
+        None => scenario
+            .stages
+            .iter()
+            .map(|s| s.rate_per_sec)
+            .max()
+            .unwrap_or(1000),
+    };
+    let progress = !args.quiet && std::io::stderr().is_terminal();
     let report = runner::run(RunConfig {
         target,
         scenario,
-        rate_per_sec: args.rate,
-        duration: args.duration,
+        rate_per_sec: rate,
+        duration: args.duration.unwrap_or(Duration::from_secs(10)),
         max_in_flight: args.max_in_flight,
         request_timeout: args.timeout,
         api_key: args.api_key,
-        progress: !args.quiet,
+        progress,
     })
     .await?;
     print!("{}", report.human());
+    if let Some(path) = &args.report {
+        write(path, &serde_json::to_string_pretty(&report)?)?;
+    }
+    if let Some(path) = &args.report_md {
+        write(path, &output::markdown(&report))?;
+    }
+    if let Some(path) = &args.plot {
+        write(path, &output::svg(&report))?;
+    }
+    if let Some(path) = &args.hgrm {
+        write(path, &hgrm(&report, args.hgrm_kind.as_deref())?)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     }
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// The `--hgrm` text of the chosen latency.
+fn hgrm(report: &Report, kind: Option<&str>) -> anyhow::Result<String> {
+    let kind = match kind {
+        Some(kind) => kind.to_string(),
+        None if report.histograms.contains_key("flow") => "flow".to_string(),
+        None => report
+            .histograms
+            .keys()
+            .next()
+            .cloned()
+            .context("the report has no latencies")?,
+    };
+    let histogram = report.histograms.get(&kind).with_context(|| {
+        let known: Vec<&str> = report.histograms.keys().map(String::as_str).collect();
+        format!(
+            "--hgrm-kind {kind:?}: not in this run (one of {})",
+            known.join(", ")
+        )
+    })?;
+    Ok(output::hgrm(histogram))
+}
 
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("1h").unwrap(), Duration::from_secs(3600));
-        for bad in ["30", "s", "3.5s", "10 s", "5d", ""] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
 }

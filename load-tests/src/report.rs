@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde::Serialize;
 
 use crate::client::{Answer, BulkLines};
+use crate::metrics::ServerCounters;
 use crate::scenario::{Scenario, Step};
 
 /// Highest latency the histograms hold, in microseconds (one hour); longer ones saturate.
@@ -26,17 +27,34 @@ fn micros(latency: Duration) -> u64 {
     (latency.as_micros() as u64).clamp(1, LATENCY_MAX_US)
 }
 
+/// Counters at the end of the last closed second, to take differences from.
+#[derive(Default, Clone, Copy)]
+struct Totals {
+    started: u64,
+    dropped: u64,
+    requests: u64,
+    ok: u64,
+    errors: u64,
+}
+
 /// Live counts of a run, shared by the arrivals (behind a mutex: one short lock per answer).
 pub(crate) struct Recorder {
     kinds: BTreeMap<&'static str, Histogram<u64>>,
-    /// Latencies since the last progress line.
+    /// Whole-arrival latency per flow name.
+    flows: BTreeMap<String, Histogram<u64>>,
+    /// Latencies since the last closed second (progress line, time series).
     interval: Histogram<u64>,
+    /// Latencies since the last server sample (only with a sample interval).
+    window: Option<Histogram<u64>>,
     pub(crate) started: u64,
     pub(crate) dropped: u64,
     requests: u64,
     ok: u64,
     errors: BTreeMap<String, u64>,
     bulk: BulkLines,
+    last: Totals,
+    series: Vec<SecondSample>,
+    pub(crate) samples: Vec<ServerSample>,
 }
 
 impl Recorder {
@@ -46,18 +64,29 @@ impl Recorder {
             .into_iter()
             .map(|k| (k.as_str(), histogram()))
             .collect();
-        if scenario.steps.len() > 1 {
+        if scenario.multi_step() {
             kinds.insert(FLOW_KIND, histogram());
         }
+        let flows = scenario
+            .flows
+            .iter()
+            .filter(|f| f.steps.len() > 1)
+            .map(|f| (f.name.clone(), histogram()))
+            .collect();
         Recorder {
             kinds,
+            flows,
             interval: histogram(),
+            window: scenario.sample_interval.map(|_| histogram()),
             started: 0,
             dropped: 0,
             requests: 0,
             ok: 0,
             errors: BTreeMap::new(),
             bulk: BulkLines::default(),
+            last: Totals::default(),
+            series: Vec::new(),
+            samples: Vec::new(),
         }
     }
 
@@ -73,6 +102,9 @@ impl Recorder {
                     h.saturating_record(us);
                 }
                 self.interval.saturating_record(us);
+                if let Some(window) = &mut self.window {
+                    window.saturating_record(us);
+                }
                 if let Some(lines) = bulk {
                     for (status, n) in &lines.by_status {
                         *self.bulk.by_status.entry(status.clone()).or_default() += n;
@@ -86,29 +118,81 @@ impl Recorder {
         }
     }
 
-    /// Records the latency of a whole multi-step arrival.
-    pub(crate) fn record_flow(&mut self, latency: Duration) {
+    /// Records the latency of a whole multi-step arrival (all flows under `flow`, and under
+    /// its own flow name).
+    pub(crate) fn record_flow(&mut self, flow: &str, latency: Duration) {
+        let us = micros(latency);
         if let Some(h) = self.kinds.get_mut(FLOW_KIND) {
-            h.saturating_record(micros(latency));
+            h.saturating_record(us);
+        }
+        if let Some(h) = self.flows.get_mut(flow) {
+            h.saturating_record(us);
         }
     }
 
-    /// The progress line for second `elapsed`, with the p99 of the last interval; resets the
-    /// interval.
-    pub(crate) fn progress_line(&mut self, elapsed: Duration, sent: u64, in_flight: u64) -> String {
-        let p99 = if self.interval.is_empty() {
-            "-".to_string()
+    /// Closes second number `second` of the time series: the differences since the last
+    /// closed second and the percentiles of the answers in between. Resets the interval.
+    pub(crate) fn close_second(&mut self, second: u64) -> SecondSample {
+        let errors: u64 = self.errors.values().sum();
+        let ms = |us: u64| us as f64 / 1000.0;
+        let (p50, p99) = if self.interval.is_empty() {
+            (None, None)
         } else {
-            format!(
-                "{:.2}ms",
-                self.interval.value_at_quantile(0.99) as f64 / 1000.0
+            (
+                Some(ms(self.interval.value_at_quantile(0.50))),
+                Some(ms(self.interval.value_at_quantile(0.99))),
             )
         };
+        let sample = SecondSample {
+            second,
+            achieved_rate_per_sec: self.started - self.last.started,
+            dropped: self.dropped - self.last.dropped,
+            requests: self.requests - self.last.requests,
+            ok: self.ok - self.last.ok,
+            errors: errors - self.last.errors,
+            p50_ms: p50,
+            p99_ms: p99,
+        };
+        self.last = Totals {
+            started: self.started,
+            dropped: self.dropped,
+            requests: self.requests,
+            ok: self.ok,
+            errors,
+        };
         self.interval.reset();
+        self.series.push(sample.clone());
+        sample
+    }
+
+    /// Whether anything happened since the last closed second.
+    pub(crate) fn has_unclosed_activity(&self) -> bool {
+        self.requests != self.last.requests
+            || self.started != self.last.started
+            || self.dropped != self.last.dropped
+    }
+
+    /// The p99 (ms) of the answers since the last server sample; resets the window.
+    pub(crate) fn close_window(&mut self) -> Option<f64> {
+        let window = self.window.as_mut()?;
+        let p99 = (!window.is_empty()).then(|| window.value_at_quantile(0.99) as f64 / 1000.0);
+        window.reset();
+        p99
+    }
+
+    /// Closes second `elapsed` (see [`Recorder::close_second`]) and returns its progress line:
+    /// arrivals started in that second, totals, and the p99 of that second.
+    pub(crate) fn progress_line(&mut self, elapsed: Duration, sent: u64, in_flight: u64) -> String {
+        let sample = self.close_second(elapsed.as_secs());
+        let p99 = match sample.p99_ms {
+            None => "-".to_string(),
+            Some(p99) => format!("{p99:.2}ms"),
+        };
         let errors: u64 = self.errors.values().sum();
         format!(
-            "[{:>4}s] sent {} ok {} errors {} dropped {} in-flight {} p99 {}",
+            "[{:>4}s] rate {}/s sent {} ok {} errors {} dropped {} in-flight {} p99 {}",
             elapsed.as_secs(),
+            sample.achieved_rate_per_sec,
             sent,
             self.ok,
             errors,
@@ -124,8 +208,28 @@ impl Recorder {
             .iter()
             .map(|(kind, h)| (kind.to_string(), LatencySummary::of(h)))
             .collect();
+        let flow_latency_ms = self
+            .flows
+            .iter()
+            .map(|(flow, h)| (flow.clone(), LatencySummary::of(h)))
+            .collect();
         let duration_s = run.duration.as_secs_f64();
         let elapsed_s = run.elapsed.as_secs_f64();
+        let error_count: u64 = self.errors.values().sum();
+        let outcomes = BTreeMap::from([
+            ("ok".to_string(), self.ok),
+            ("error".to_string(), error_count),
+            ("dropped".to_string(), self.dropped),
+            ("unfinished".to_string(), run.unfinished),
+        ]);
+        let mut histograms: BTreeMap<String, Histogram<u64>> = self
+            .kinds
+            .into_iter()
+            .map(|(k, h)| (k.to_string(), h))
+            .collect();
+        for (flow, h) in self.flows {
+            histograms.insert(format!("{FLOW_KIND}:{flow}"), h);
+        }
         Report {
             scenario: run.scenario,
             target: run.target,
@@ -138,7 +242,7 @@ impl Recorder {
             unfinished: run.unfinished,
             requests: self.requests,
             ok: self.ok,
-            error_count: self.errors.values().sum(),
+            error_count,
             errors: self.errors,
             achieved_rate_per_sec: rate(self.started, duration_s),
             ok_per_sec: rate(self.ok, elapsed_s),
@@ -146,6 +250,14 @@ impl Recorder {
             latency_ms,
             bulk_lines: self.bulk.by_status,
             bulk_line_errors: self.bulk.errors,
+            target_rate_per_sec: rate(run.scheduled, duration_s),
+            stages: run.stages,
+            outcomes,
+            flow_latency_ms,
+            server: run.server,
+            series: self.series,
+            samples: self.samples,
+            histograms,
         }
     }
 }
@@ -158,6 +270,47 @@ fn rate(count: u64, seconds: f64) -> f64 {
     }
 }
 
+/// One second of the run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SecondSample {
+    /// Seconds since the start (the second that ended at this mark).
+    pub second: u64,
+    /// Arrivals started in this second.
+    pub achieved_rate_per_sec: u64,
+    /// Arrivals dropped in this second.
+    pub dropped: u64,
+    /// Requests answered in this second.
+    pub requests: u64,
+    /// 2xx answers in this second.
+    pub ok: u64,
+    /// Failed requests in this second.
+    pub errors: u64,
+    /// Median latency of this second's 2xx answers (none if there were none).
+    pub p50_ms: Option<f64>,
+    /// 99th percentile of this second's 2xx answers.
+    pub p99_ms: Option<f64>,
+}
+
+/// A periodic sample of the server and the client (scenarios with `sample_interval`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServerSample {
+    /// Seconds since the start.
+    pub at_s: f64,
+    /// The server's `process_resident_memory_bytes` (none if the scrape failed).
+    pub rss_bytes: Option<f64>,
+    /// p99 of the client's 2xx answers since the previous sample.
+    pub p99_ms: Option<f64>,
+}
+
+/// One stage as run (after `--rate` scaling).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct StageReport {
+    /// Arrivals per second.
+    pub rate_per_sec: u64,
+    /// Length.
+    pub duration_s: f64,
+}
+
 /// Facts of a run the recorder does not see.
 pub(crate) struct RunFacts {
     pub(crate) scenario: String,
@@ -168,6 +321,8 @@ pub(crate) struct RunFacts {
     pub(crate) scheduled: u64,
     pub(crate) unfinished: u64,
     pub(crate) elapsed: Duration,
+    pub(crate) stages: Vec<StageReport>,
+    pub(crate) server: Option<ServerCounters>,
 }
 
 /// Latency percentiles of one request kind, in milliseconds.
@@ -218,7 +373,7 @@ pub struct Report {
     pub scenario: String,
     /// Base URL.
     pub target: String,
-    /// Offered arrival rate.
+    /// Offered arrival rate (with a ramp: of its highest stage).
     pub rate_per_sec: u64,
     /// Scheduled length of the run.
     pub duration_s: f64,
@@ -255,6 +410,23 @@ pub struct Report {
     pub bulk_lines: BTreeMap<String, u64>,
     /// Rejected bulk lines by error code.
     pub bulk_line_errors: BTreeMap<String, u64>,
+    /// Arrivals scheduled per second of the schedule (the offered load, over all stages).
+    pub target_rate_per_sec: f64,
+    /// The stages run, in order (one for a scenario without a ramp).
+    pub stages: Vec<StageReport>,
+    /// Counts by outcome: `ok` and `error` (requests), `dropped` and `unfinished` (arrivals).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Whole-arrival latency per flow of a multi-step scenario, by flow name.
+    pub flow_latency_ms: BTreeMap<String, LatencySummary>,
+    /// The server's counters from `/metrics`, scraped before and after the run.
+    pub server: Option<ServerCounters>,
+    /// One entry per second of the run.
+    pub series: Vec<SecondSample>,
+    /// Periodic samples of the server's RSS and the client's p99 (`sample_interval`).
+    pub samples: Vec<ServerSample>,
+    /// The latency histograms (request kinds, `flow`, and `flow:<name>`), for `--hgrm`.
+    #[serde(skip)]
+    pub histograms: BTreeMap<String, Histogram<u64>>,
 }
 
 impl Report {
@@ -324,7 +496,7 @@ mod tests {
             Duration::from_millis(5),
             &Answer::Failed("429 overloaded".into()),
         );
-        recorder.record_flow(Duration::from_millis(7));
+        recorder.record_flow("place", Duration::from_millis(7));
         recorder.started = 100;
         let report = recorder.into_report(RunFacts {
             scenario: "place".into(),
@@ -335,6 +507,8 @@ mod tests {
             scheduled: 100,
             unfinished: 0,
             elapsed: Duration::from_secs(2),
+            stages: vec![],
+            server: None,
         });
         assert_eq!(
             (report.requests, report.ok, report.error_count),

@@ -19,10 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::client::{Answer, Api};
+use crate::metrics::{self, Scrape, ServerCounters};
 use crate::payload::{bulk_body, order_json};
-use crate::report::{Recorder, Report, RunFacts};
+use crate::report::{Recorder, Report, RunFacts, ServerSample, StageReport};
 use crate::scenario::{Scenario, Step};
-use crate::schedule::Schedule;
+use crate::schedule::{Schedule, DURATION_MAX};
 use crate::target::Target;
 
 /// Largest accepted `--max-in-flight`.
@@ -32,16 +33,20 @@ pub const REQUEST_TIMEOUT_MAX: Duration = Duration::from_secs(300);
 /// Extra time granted after the schedule for outstanding arrivals, beyond their own timeouts.
 const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
+/// How long a scrape of the server's `/metrics` may take.
+const SCRAPE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Everything a run needs.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     /// Where to send load (loopback only).
     pub target: Target,
-    /// What each arrival does.
+    /// What each arrival does. With a ramp (`[[stages]]`), its stages are run with every rate
+    /// scaled so that the highest one runs at `rate_per_sec`, and `duration` is not used.
     pub scenario: Scenario,
-    /// Arrivals per second.
+    /// Arrivals per second (with a ramp: of its highest stage).
     pub rate_per_sec: u64,
-    /// Length of the schedule.
+    /// Length of the schedule (without a ramp).
     pub duration: Duration,
     /// Most arrivals outstanding at once.
     pub max_in_flight: usize,
@@ -71,10 +76,37 @@ impl Shared {
     }
 }
 
+/// Reads the server's counters; `Err` with the reason if the page cannot be had.
+async fn scrape(api: &Api) -> Result<Scrape, String> {
+    match api.metrics(SCRAPE_TIMEOUT).await {
+        Ok(text) => Ok(metrics::parse(&text)),
+        Err(error) => Err(format!("{error:#}")),
+    }
+}
+
 /// Runs the schedule against the target and returns the report. Stops by itself: after the
 /// schedule, outstanding arrivals get their request timeouts plus a grace period.
+///
+/// The server's `/metrics` is scraped before and after (a failed scrape does not fail the run;
+/// the report's `server.error` says why), every second closes one entry of the time series,
+/// and a scenario with `sample_interval` also samples the server's RSS and the client's p99.
 pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
-    let schedule = Schedule::new(config.rate_per_sec, config.duration)?;
+    let plan = config
+        .scenario
+        .plan(Some(config.rate_per_sec), config.duration);
+    let mut schedules = Vec::with_capacity(plan.len());
+    let mut total_duration = Duration::ZERO;
+    for stage in &plan {
+        schedules.push((
+            total_duration,
+            Schedule::new(stage.rate_per_sec, stage.duration)?,
+        ));
+        total_duration += stage.duration;
+    }
+    if total_duration > DURATION_MAX {
+        bail!("the run would last more than {DURATION_MAX:?}");
+    }
+    let scheduled: u64 = schedules.iter().map(|(_, s)| s.total()).sum();
     if config.max_in_flight == 0 || config.max_in_flight > MAX_IN_FLIGHT_MAX {
         bail!("--max-in-flight must be 1..={MAX_IN_FLIGHT_MAX}");
     }
@@ -87,6 +119,7 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         config.request_timeout,
         config.max_in_flight,
     )?;
+    let before = scrape(&api).await;
     let shared = Arc::new(Shared {
         api,
         recorder: Mutex::new(Recorder::new(&config.scenario)),
@@ -97,69 +130,126 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
     let start = Instant::now();
 
-    let progress = config.progress.then(|| {
+    // Once a second: close a second of the time series, and print it if asked to.
+    let ticker = {
         let shared = Arc::clone(&shared);
+        let progress = config.progress;
         tokio::spawn(async move {
             let second = Duration::from_secs(1);
             let mut tick = tokio::time::interval_at(start + second, second);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut n = 0u64;
             loop {
                 tick.tick().await;
+                n += 1;
                 let sent = shared.sent.load(Ordering::Relaxed);
                 let in_flight = shared.in_flight.load(Ordering::Relaxed);
                 let line = shared
                     .recorder()
-                    .progress_line(start.elapsed(), sent, in_flight);
-                eprintln!("{line}");
+                    .progress_line(Duration::from_secs(n), sent, in_flight);
+                if progress {
+                    eprintln!("{line}");
+                }
+            }
+        })
+    };
+    // Every `sample_interval`: the server's RSS and the client's p99 since the last sample.
+    let sampler = config.scenario.sample_interval.map(|every| {
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(start + every, every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let at_s = start.elapsed().as_secs_f64();
+                let rss_bytes = scrape(&shared.api).await.ok().and_then(|s| s.rss_bytes);
+                let mut recorder = shared.recorder();
+                let p99_ms = recorder.close_window();
+                recorder.samples.push(ServerSample {
+                    at_s,
+                    rss_bytes,
+                    p99_ms,
+                });
             }
         })
     });
 
-    let mut next = 0;
-    while next < schedule.total() {
-        let due = schedule.due(next, start.elapsed());
-        let (mut started, mut dropped) = (0, 0);
-        for n in due.clone() {
-            let intended = start + schedule.offset(n);
-            match Arc::clone(&permits).try_acquire_owned() {
-                Ok(permit) => {
-                    started += 1;
-                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(arrival(Arc::clone(&shared), n, intended, permit));
+    let mut base = 0;
+    let stages = schedules.len();
+    for (i, ((stage_offset, schedule), stage)) in schedules.iter().zip(&plan).enumerate() {
+        let stage_start = start + *stage_offset;
+        let mut next = 0;
+        while next < schedule.total() {
+            let due = schedule.due(next, Instant::now().saturating_duration_since(stage_start));
+            let (mut started, mut dropped) = (0, 0);
+            for n in due.clone() {
+                let intended = stage_start + schedule.offset(n);
+                match Arc::clone(&permits).try_acquire_owned() {
+                    Ok(permit) => {
+                        started += 1;
+                        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(arrival(Arc::clone(&shared), base + n, intended, permit));
+                    }
+                    Err(_) => dropped += 1,
                 }
-                Err(_) => dropped += 1,
+            }
+            if started + dropped > 0 {
+                let mut recorder = shared.recorder();
+                recorder.started += started;
+                recorder.dropped += dropped;
+            }
+            next = due.end;
+            if next < schedule.total() {
+                tokio::time::sleep_until(stage_start + schedule.offset(next)).await;
             }
         }
-        if started + dropped > 0 {
-            let mut recorder = shared.recorder();
-            recorder.started += started;
-            recorder.dropped += dropped;
-        }
-        next = due.end;
-        if next < schedule.total() {
-            tokio::time::sleep_until(start + schedule.offset(next)).await;
+        base += schedule.total();
+        // The next stage starts at its own offset, not when this one's last arrival went out.
+        if i + 1 < stages {
+            tokio::time::sleep_until(stage_start + stage.duration).await;
         }
     }
 
     // Wait for every outstanding arrival: each of its steps is bounded by the request timeout.
-    let steps = config.scenario.steps.len() as u32;
+    let steps = config.scenario.max_steps() as u32;
     let drain = config.request_timeout * steps + DRAIN_GRACE;
     let all = config.max_in_flight as u32;
     let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
     let unfinished = shared.in_flight.load(Ordering::Relaxed);
     let elapsed = start.elapsed();
-    if let Some(progress) = progress {
-        progress.abort();
+    ticker.abort();
+    if let Some(sampler) = sampler {
+        sampler.abort();
     }
-    let recorder = std::mem::replace(&mut *shared.recorder(), Recorder::new(&config.scenario));
+    let after = scrape(&shared.api).await;
+    let server = Some(match (before, after) {
+        (Ok(before), Ok(after)) => ServerCounters::between(&before, &after),
+        (Err(error), _) => ServerCounters::failed(format!("before the run: {error}")),
+        (_, Err(error)) => ServerCounters::failed(format!("after the run: {error}")),
+    });
+    let mut recorder = std::mem::replace(&mut *shared.recorder(), Recorder::new(&config.scenario));
+    // The last, partial second (answers after the last tick).
+    let last_second = (elapsed.as_secs_f64().ceil() as u64).max(1);
+    if recorder.has_unclosed_activity() {
+        recorder.close_second(last_second);
+    }
     Ok(recorder.into_report(RunFacts {
         scenario: config.scenario.name.clone(),
         target: config.target.base().to_string(),
-        rate_per_sec: config.rate_per_sec,
-        duration: config.duration,
+        rate_per_sec: plan.iter().map(|s| s.rate_per_sec).max().unwrap_or(0),
+        duration: total_duration,
         max_in_flight: config.max_in_flight,
-        scheduled: schedule.total(),
+        scheduled,
         unfinished,
         elapsed,
+        stages: plan
+            .iter()
+            .map(|s| StageReport {
+                rate_per_sec: s.rate_per_sec,
+                duration_s: s.duration.as_secs_f64(),
+            })
+            .collect(),
+        server,
     }))
 }
 
@@ -169,12 +259,13 @@ async fn arrival(shared: Arc<Shared>, n: u64, intended: Instant, _permit: OwnedS
     shared.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// The steps of one arrival in order, each only after the previous one succeeded.
+/// The steps of one arrival's flow in order, each only after the previous one succeeded.
 async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
     let scenario = &shared.scenario;
+    let flow = scenario.flow_for(n);
     let mut order_id: Option<String> = None;
     let mut clock = intended;
-    for step in &scenario.steps {
+    for step in &flow.steps {
         let body = match step {
             Step::Place => order_json(&scenario.order, n),
             Step::Bulk => {
@@ -182,7 +273,7 @@ async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
                 bulk_body(&scenario.order, n * lines as u64, lines)
             }
             Step::Ship => serde_json::json!({ "tracking_number": format!("T-{n}") }).to_string(),
-            Step::Pay | Step::Deliver | Step::Get => "{}".to_string(),
+            Step::Pay | Step::Deliver | Step::Get | Step::Cancel | Step::Refund => "{}".to_string(),
         };
         shared.sent.fetch_add(1, Ordering::Relaxed);
         let answer = shared.api.send(*step, order_id.as_deref(), body).await;
@@ -200,9 +291,9 @@ async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
         }
         clock = done;
     }
-    if scenario.steps.len() > 1 {
+    if flow.steps.len() > 1 {
         shared
             .recorder()
-            .record_flow(clock.saturating_duration_since(intended));
+            .record_flow(&flow.name, clock.saturating_duration_since(intended));
     }
 }

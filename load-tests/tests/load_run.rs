@@ -196,11 +196,11 @@ async fn a_lifecycle_run_sends_four_requests_per_arrival() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bulk_run_counts_result_lines() {
     let (address, seen) = spawn_server().await;
-    let report = load(format!("http://{address}"), scenario("bulk"), 20, 64).await;
+    let report = load(format!("http://{address}"), scenario("bulk-ingest"), 20, 64).await;
 
     assert_eq!((report.requests, report.ok), (20, 20));
-    assert_eq!(report.bulk_lines.get("accepted"), Some(&2000));
-    assert_eq!(seen.bulk_lines.load(Ordering::Relaxed), 2000);
+    assert_eq!(report.bulk_lines.get("accepted"), Some(&20_000));
+    assert_eq!(seen.bulk_lines.load(Ordering::Relaxed), 20_000);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
