@@ -1,0 +1,176 @@
+//! The `smoke` scenario against a real `orderly serve` (memory store, `127.0.0.1:0`): the JSON
+//! report parses, and the server's counter differences match what the tool sent (orders the
+//! server placed = placements the tool got a 2xx for).
+//!
+//! The `orderly` binary is the workspace's root package; it is taken from
+//! `$CARGO_TARGET_DIR/debug/orderly` (or `<workspace>/target/debug/orderly`) and built with
+//! `cargo build --bin orderly` first if it is not there.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The `orderly` binary, built if needed.
+fn orderly_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("load-tests is inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let binary = target.join("debug").join("orderly");
+    if !binary.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let build = Command::new(cargo)
+            .args(["build", "--bin", "orderly"])
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cargo build --bin orderly");
+        let output = wait_bounded(
+            build,
+            Duration::from_secs(1800),
+            "cargo build --bin orderly",
+        );
+        assert!(
+            output.status.success(),
+            "cargo build --bin orderly failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(binary.exists(), "no {}", binary.display());
+    binary
+}
+
+/// Starts `orderly serve` on a free loopback port and returns it with its base URL.
+fn start_server() -> (Server, String) {
+    let mut command = Command::new(orderly_binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Only the embedded defaults: no configuration from the environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ORDERLY__") {
+            command.env_remove(key);
+        }
+    }
+    let mut child = command.spawn().expect("start orderly serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let server = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stderr so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("orderly serve prints `listening on http://…` within 60 s");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (server, url)
+}
+
+#[test]
+fn smoke_against_orderly_serve_matches_the_servers_counters() {
+    let (_server, url) = start_server();
+    let dir = std::env::temp_dir().join(format!("orderly-load-smoke-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let report_path = dir.join("smoke.json");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/smoke.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_orderly-load"))
+        .arg("run")
+        .args(["--target", &url, "--quiet", "--timeout", "10s"])
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start orderly-load");
+    let output = wait_bounded(child, Duration::from_secs(120), "orderly-load run smoke");
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&report_path).expect("the report is written");
+    let report: serde_json::Value = serde_json::from_str(&text).expect("the report parses");
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // smoke.toml: 10/s for 2 s, then 20/s for 2 s; five requests per arrival.
+    assert_eq!(report["scenario"], "smoke");
+    assert_eq!(report["scheduled"], 60, "{text}");
+    assert_eq!(report["dropped"], 0, "{text}");
+    assert_eq!(report["unfinished"], 0, "{text}");
+    assert_eq!(report["error_count"], 0, "{}", report["errors"]);
+    assert_eq!(report["ok"], 300, "{text}");
+    let server = &report["server"];
+    assert!(server["error"].is_null(), "{server}");
+    let placed_2xx = report["latency_ms"]["place"]["count"].as_u64().unwrap();
+    assert_eq!(placed_2xx, 60);
+    assert_eq!(
+        server["orders_placed"].as_f64(),
+        Some(placed_2xx as f64),
+        "the server placed what the tool got 2xx for: {server}"
+    );
+    let batches = server["commit_batches"].as_f64().expect("commit batches");
+    assert!(batches >= 1.0 && batches <= 300.0, "{server}");
+    assert_eq!(
+        server["overload_rejections"].as_f64().unwrap_or(0.0),
+        0.0,
+        "{server}"
+    );
+    for rss in ["rss_bytes_before", "rss_bytes_after"] {
+        assert!(
+            server[rss].as_f64().is_some_and(|b| b > 0.0),
+            "{rss}: {server}"
+        );
+    }
+    assert!(
+        report["series"].as_array().is_some_and(|s| s.len() >= 4),
+        "{text}"
+    );
+}
