@@ -44,7 +44,7 @@ async fn a_one_second_stall_shows_as_latencies_from_one_second_down_to_zero() {
         after: Duration::from_millis(500),
         length: Duration::from_secs(1),
     };
-    let (address, seen) = spawn_server(Some(stall)).await;
+    let (address, seen) = spawn_server(Some(stall), false).await;
     let scenario = Scenario::parse("place", r#"steps = ["place"]"#).expect("scenario");
     let config = RunConfig {
         target: Target::parse(&format!("http://{address}")).expect("target"),
@@ -103,7 +103,7 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// stages show in the per-second series (the rate steps up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ramp_writes_report_markdown_svg_and_hgrm() {
-    let (address, _) = spawn_server(None).await;
+    let (address, _) = spawn_server(None, false).await;
     let dir = temp_dir("outputs");
     let scenario = write(
         &dir,
@@ -221,6 +221,49 @@ async fn a_ramp_writes_report_markdown_svg_and_hgrm() {
     assert!(hgrm.contains("#[Mean    ="), "{hgrm}");
     assert!(hgrm.contains("Total count    =          400]"), "{hgrm}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A scenario with `sample_interval` (as `soak.toml` has, every minute) samples the server's
+/// RSS and the client's p99 into the report; the counters are differences over the run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sampled_run_records_rss_and_p99_and_counter_differences() {
+    let (address, _) = spawn_server(None, true).await;
+    let scenario = Scenario::parse(
+        "soakish",
+        "steps = [\"place\"]\nsample_interval = \"1s\"\n[[stages]]\nrate = 40\nduration = \"3s\"\n",
+    )
+    .expect("scenario");
+    let config = RunConfig {
+        target: Target::parse(&format!("http://{address}")).expect("target"),
+        scenario,
+        rate_per_sec: 40,
+        duration: Duration::from_secs(99),
+        max_in_flight: 100,
+        request_timeout: Duration::from_secs(5),
+        api_key: None,
+        progress: false,
+    };
+    let report = tokio::time::timeout(Duration::from_secs(30), run(config))
+        .await
+        .expect("the run stops by itself")
+        .expect("the run succeeds");
+    assert_eq!(
+        report.scheduled, 120,
+        "the stage's duration, not `duration`"
+    );
+    assert!(
+        (2..=3).contains(&report.samples.len()),
+        "{:?}",
+        report.samples
+    );
+    for sample in &report.samples {
+        assert_eq!(sample.rss_bytes, Some(12_345_678.0), "{sample:?}");
+        assert!(sample.p99_ms.is_some(), "{sample:?}");
+    }
+    let server = report.server.expect("scraped");
+    assert_eq!(server.error, None);
+    assert_eq!(server.orders_placed, Some(120.0));
+    assert_eq!(server.rss_bytes_after, Some(12_345_678.0));
 }
 
 #[test]

@@ -157,7 +157,8 @@ fn smoke_against_orderly_serve_matches_the_servers_counters() {
         "the server placed what the tool got 2xx for: {server}"
     );
     let batches = server["commit_batches"].as_f64().expect("commit batches");
-    assert!(batches >= 1.0 && batches <= 300.0, "{server}");
+    // Commands and the payments' own records are committed in batches: at least one.
+    assert!(batches >= 1.0, "{server}");
     assert_eq!(
         server["overload_rejections"].as_f64().unwrap_or(0.0),
         0.0,

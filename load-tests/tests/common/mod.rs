@@ -43,8 +43,20 @@ async fn answer(
     request: Request<Incoming>,
     seen: Arc<Seen>,
     stall: Option<Stall>,
+    metrics: bool,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = request.uri().path().to_string();
+    if metrics && path == "/metrics" {
+        let placed = seen.place.load(Ordering::Relaxed);
+        return Ok(response(
+            StatusCode::OK,
+            format!(
+                "# TYPE orderly_commands_total counter\n\
+                 orderly_commands_total{{command=\"place\",outcome=\"ok\"}} {placed}\n\
+                 process_resident_memory_bytes 12345678\n"
+            ),
+        ));
+    }
     let _ = request.into_body().collect().await;
     if let Some(stall) = stall {
         let now = Instant::now();
@@ -77,8 +89,9 @@ async fn answer(
     })
 }
 
-/// Starts the fake server on 127.0.0.1:0 (on the current runtime).
-pub async fn spawn_server(stall: Option<Stall>) -> (SocketAddr, Arc<Seen>) {
+/// Starts the fake server on 127.0.0.1:0 (on the current runtime); with `metrics` it serves a
+/// `/metrics` page with the placements it answered and a fixed RSS.
+pub async fn spawn_server(stall: Option<Stall>, metrics: bool) -> (SocketAddr, Arc<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("local address");
     let seen = Arc::new(Seen::default());
@@ -87,7 +100,7 @@ pub async fn spawn_server(stall: Option<Stall>) -> (SocketAddr, Arc<Seen>) {
         while let Ok((stream, _)) = listener.accept().await {
             let seen = Arc::clone(&server_seen);
             tokio::spawn(async move {
-                let service = service_fn(move |r| answer(r, Arc::clone(&seen), stall));
+                let service = service_fn(move |r| answer(r, Arc::clone(&seen), stall, metrics));
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), service)
                     .await;
