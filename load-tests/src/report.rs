@@ -451,6 +451,26 @@ impl Report {
         for (key, n) in &self.errors {
             let _ = writeln!(out, "  error {key:<32} {n:>10}");
         }
+        if let Some(server) = &self.server {
+            let n = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
+            let mib = |v: Option<f64>| {
+                v.map_or_else(|| "-".to_string(), |v| format!("{:.1}", v / 1_048_576.0))
+            };
+            let _ = match &server.error {
+                Some(error) => writeln!(out, "server: no counters ({error})"),
+                None => writeln!(
+                    out,
+                    "server: orders placed {}, commit batches {}, overload refusals {}, \
+                     payment retries {}, RSS {} -> {} MiB",
+                    n(server.orders_placed),
+                    n(server.commit_batches),
+                    n(server.overload_rejections),
+                    n(server.payment_retries),
+                    mib(server.rss_bytes_before),
+                    mib(server.rss_bytes_after)
+                ),
+            };
+        }
         for (status, n) in &self.bulk_lines {
             let _ = writeln!(out, "  bulk lines {status:<27} {n:>10}");
         }

@@ -17,7 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-/// A stall the server makes once: requests that arrive from `after` the first request until
+/// A stall the server makes once: `/v1/` requests that arrive from `after` the first one until
 /// `after + length` are all held until the end of that window.
 #[derive(Clone, Copy)]
 pub struct Stall {
@@ -58,7 +58,8 @@ async fn answer(
         ));
     }
     let _ = request.into_body().collect().await;
-    if let Some(stall) = stall {
+    // Only the load's own requests start the stall's clock (not a scrape of /metrics).
+    if let Some(stall) = stall.filter(|_| path.starts_with("/v1/")) {
         let now = Instant::now();
         let first = *seen
             .first
