@@ -127,6 +127,12 @@ fn escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// An axis value without float noise (`0.3`, not `0.30000000000000004`).
+fn axis_label(value: f64) -> String {
+    let text = format!("{value:.3}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// A "nice" upper bound for an axis: 1, 2 or 5 times a power of ten, at least `max`.
 fn nice_ceiling(max: f64) -> f64 {
     if max <= 0.0 || !max.is_finite() {
@@ -184,7 +190,7 @@ pub fn svg(report: &Report) -> String {
         );
         for k in 0..=4 {
             let y = bottom - PANEL_H * f64::from(k) / 4.0;
-            let value = max * f64::from(k) / 4.0;
+            let value = axis_label(max * f64::from(k) / 4.0);
             let _ = writeln!(
                 out,
                 "<line x1=\"{LEFT}\" y1=\"{y:.1}\" x2=\"{:.1}\" y2=\"{y:.1}\" stroke=\"#eee\"/><text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"end\">{value}</text>",
@@ -388,6 +394,9 @@ mod tests {
 
     #[test]
     fn axes_are_round() {
+        assert_eq!(axis_label(0.1 + 0.2), "0.3");
+        assert_eq!(axis_label(200.0), "200");
+        assert_eq!(axis_label(0.0), "0");
         assert_eq!(nice_ceiling(0.0), 1.0);
         assert_eq!(nice_ceiling(7.0), 10.0);
         assert_eq!(nice_ceiling(120.0), 200.0);
