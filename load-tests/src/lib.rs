@@ -13,8 +13,10 @@
 //! - `client`: the HTTP calls and how their answers are classified.
 //! - [`report`]: HdrHistogram latencies per request kind, counts, the human and JSON reports.
 //! - [`runner`]: the load loop: schedule, bounded concurrency, progress line.
+//! - [`knee`]: the knee finder: steps the rate up until p99, errors or drops fail.
 
 pub(crate) mod client;
+pub mod knee;
 pub(crate) mod payload;
 pub mod report;
 pub mod runner;
