@@ -484,6 +484,30 @@ impl KneeReport {
                 r#"<line x1="{xs:.1}" y1="{TOP}" x2="{xs:.1}" y2="{}" stroke="green" stroke-dasharray="2 3"/>"#,
                 TOP + plot_h
             );
+            let _ = writeln!(
+                svg,
+                r#"<text x="{:.1}" y="{}" fill="green">sustainable {rate}/s</text>"#,
+                xs + 4.0,
+                TOP + 14.0
+            );
+        }
+        // The legend.
+        let legend = [
+            ("steelblue", "achieved rate".to_string()),
+            ("darkorange", format!("{} p99", self.latency_kind)),
+            ("red", "failed step (filled)".to_string()),
+        ];
+        for (i, (colour, label)) in legend.iter().enumerate() {
+            let ly = TOP + 14.0 + 16.0 * i as f64;
+            let _ = writeln!(
+                svg,
+                r#"<line x1="{}" y1="{ly:.1}" x2="{}" y2="{ly:.1}" stroke="{colour}" stroke-width="2"/><text x="{}" y="{:.1}">{}</text>"#,
+                LEFT + 10.0,
+                LEFT + 30.0,
+                LEFT + 36.0,
+                ly + 4.0,
+                xml_escape(label)
+            );
         }
         // The series.
         let points = |f: &dyn Fn(&KneeStep) -> (f64, f64)| {
@@ -836,6 +860,37 @@ mod tests {
         let step = KneeStep::judge(&report(0, 0, 10.0), "flow", &limits());
         assert_eq!(step.failures, [Failure::NoAnswers]);
         assert_eq!(step.verdict, "fail");
+    }
+
+    #[test]
+    fn the_summary_says_when_no_knee_or_no_passing_step_was_found() {
+        let step = |rate: u64, p99: f64| KneeStep {
+            rate_per_sec: rate,
+            ..KneeStep::judge(&report(0, 0, p99), "place", &limits())
+        };
+        let mut knee = KneeReport {
+            scenario: "place".into(),
+            target: "http://127.0.0.1:1".into(),
+            latency_kind: "place".into(),
+            p99_bound_ms: 50.0,
+            error_rate_max: 0.01,
+            start_rate_per_sec: 100,
+            step_per_sec: 50,
+            step_duration_s: 1.0,
+            sustainable_rate_per_sec: Some(150),
+            knee_rate_per_sec: Some(200),
+            stopped_because: "knee",
+            steps: vec![step(100, 5.0), step(150, 6.0), step(200, 80.0)],
+        };
+        let text = knee.human();
+        assert!(text.contains("sustainable rate: 150/s"), "{text}");
+        assert!(text.contains("fail (p99)"), "{text}");
+        assert_eq!(knee.svg().matches("<circle").count(), 6);
+        knee.knee_rate_per_sec = None;
+        assert!(knee.human().contains("at least 150/s"));
+        knee.sustainable_rate_per_sec = None;
+        assert!(knee.human().contains("sustainable rate: none"));
+        assert!(knee.svg().contains("sustainable none"));
     }
 
     #[test]

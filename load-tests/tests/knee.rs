@@ -33,6 +33,8 @@ const BURST: u32 = 10;
 /// after the previous one (no earlier than `BURST` slots before now).
 struct Bucket {
     next: Mutex<Option<Instant>>,
+    /// When set, no bucket: every request is answered after this fixed time.
+    fixed: Option<Duration>,
     /// Longest a request may wait for its slot; beyond it the request is refused with 429.
     max_wait: Duration,
 }
@@ -41,6 +43,7 @@ impl Bucket {
     fn new(max_wait: Duration) -> Bucket {
         Bucket {
             next: Mutex::new(None),
+            fixed: None,
             max_wait,
         }
     }
@@ -84,6 +87,13 @@ async fn answer(
             r#"{"error":{"code":"not_found","message":"no route"}}"#.into(),
         ));
     }
+    if let Some(latency) = bucket.fixed {
+        tokio::time::sleep(latency).await;
+        return Ok(response(
+            StatusCode::CREATED,
+            r#"{"order_id":"o-1","status":"pending_payment"}"#.into(),
+        ));
+    }
     let Some(slot) = bucket.reserve() else {
         return Ok(response(
             StatusCode::TOO_MANY_REQUESTS,
@@ -98,11 +108,15 @@ async fn answer(
 }
 
 async fn spawn_server(max_wait: Duration) -> SocketAddr {
+    spawn(Bucket::new(max_wait)).await
+}
+
+async fn spawn(bucket: Bucket) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind 127.0.0.1:0");
     let address = listener.local_addr().expect("local address");
-    let bucket = Arc::new(Bucket::new(max_wait));
+    let bucket = Arc::new(bucket);
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
             let bucket = Arc::clone(&bucket);
@@ -137,18 +151,22 @@ fn limits() -> KneeLimits {
 }
 
 async fn knee(address: SocketAddr) -> KneeReport {
+    knee_with(address, limits(), 1024).await
+}
+
+async fn knee_with(address: SocketAddr, limits: KneeLimits, max_in_flight: usize) -> KneeReport {
     let base = RunConfig {
         target: Target::parse(&format!("http://{address}")).expect("loopback target"),
         scenario: Scenario::load(&place_file()).expect("shipped scenario loads"),
         rate_per_sec: 1,
         duration: Duration::from_secs(1),
-        max_in_flight: 1024,
+        max_in_flight,
         request_timeout: Duration::from_secs(5),
         api_key: None,
         progress: false,
     };
     // At most 8 steps of 1 s plus their drains.
-    tokio::time::timeout(Duration::from_secs(60), find_knee(base, limits(), |_| {}))
+    tokio::time::timeout(Duration::from_secs(60), find_knee(base, limits, |_| {}))
         .await
         .expect("the search stops by itself")
         .expect("the search succeeds")
@@ -218,6 +236,29 @@ async fn the_knee_of_a_refusing_server_is_its_capacity_by_errors() {
     ] {
         assert!(first.get(key).is_some(), "missing {key}: {first}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_knee_at_the_in_flight_bound_is_found_by_dropped_arrivals() {
+    // Every answer takes 100 ms and at most 20 arrivals may be outstanding: at most 200
+    // arrivals/s fit (a little under, with the client's own overhead), beyond that arrivals
+    // are dropped. The p99 bound is out of reach, so only drops can stop the search.
+    let address = spawn(Bucket {
+        fixed: Some(Duration::from_millis(100)),
+        ..Bucket::new(Duration::ZERO)
+    })
+    .await;
+    let limits = KneeLimits {
+        p99_ms: 2_000.0,
+        ..limits()
+    };
+    let report = knee_with(address, limits, 20).await;
+    eprintln!("{}", report.human());
+    let sustainable = report.sustainable_rate_per_sec.expect("a passing step");
+    assert!((150..=200).contains(&sustainable), "{}", report.human());
+    let last = report.steps.last().unwrap();
+    assert!(last.dropped > 0, "{last:?}");
+    assert_eq!(report.knee_rate_per_sec, Some(sustainable + 50));
 }
 
 /// Checks that `svg` is one `<svg>` element with balanced tags and quoted attributes.
