@@ -18,7 +18,7 @@ use serde::Serialize;
 use crate::report::{Report, FLOW_KIND};
 use crate::runner::{self, RunConfig};
 use crate::scenario::Scenario;
-use crate::schedule::RATE_MAX_PER_SEC;
+use crate::schedule::{DURATION_MAX, RATE_MAX_PER_SEC};
 use crate::target::Target;
 
 /// Most steps a knee search may take (keeps it bounded whatever the arguments).
@@ -146,8 +146,8 @@ impl KneeLimits {
                 self.max_rate
             );
         }
-        if self.step_duration.is_zero() {
-            bail!("--step-duration must be more than 0");
+        if self.step_duration.is_zero() || self.step_duration > DURATION_MAX {
+            bail!("--step-duration must be more than 0 and at most {DURATION_MAX:?}");
         }
         if !(0.0..=1.0).contains(&self.error_rate_max) {
             bail!(
@@ -725,7 +725,21 @@ mod tests {
 
     #[test]
     fn bad_limits_name_their_flag() {
-        let cases: [(&str, KneeLimits); 7] = [
+        let cases: [(&str, KneeLimits); 9] = [
+            (
+                "--step-duration",
+                KneeLimits {
+                    step_duration: DURATION_MAX + Duration::from_secs(1),
+                    ..limits()
+                },
+            ),
+            (
+                "--max-rate",
+                KneeLimits {
+                    max_rate: 99,
+                    ..limits()
+                },
+            ),
             (
                 "--step",
                 KneeLimits {
