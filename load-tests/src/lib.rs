@@ -15,8 +15,10 @@
 //! - [`metrics`]: the server's counters from its `/metrics`, before and after a run.
 //! - [`output`]: the report as Markdown, an SVG plot, and HdrHistogram `.hgrm` text.
 //! - [`runner`]: the load loop: schedule, bounded concurrency, progress line.
+//! - [`knee`]: the knee finder: steps the rate up until p99, errors or drops fail.
 
 pub(crate) mod client;
+pub mod knee;
 pub mod metrics;
 pub mod output;
 pub(crate) mod payload;

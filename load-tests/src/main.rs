@@ -26,6 +26,9 @@ enum CliCommand {
     /// Send load at a fixed arrival rate and report latencies corrected for coordinated
     /// omission.
     Run(RunArgs),
+    /// Step the arrival rate up until p99, errors or dropped arrivals fail, and report the
+    /// highest sustainable rate.
+    Knee(orderly_load::knee::KneeArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -91,7 +94,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let CliCommand::Run(args) = cli.command;
+    let args = match cli.command {
+        CliCommand::Run(args) => args,
+        CliCommand::Knee(args) => return orderly_load::knee::main(args).await,
+    };
     let target = Target::parse(&args.target)?;
     let scenario = Scenario::load(&args.scenario)?;
     if !scenario.stages.is_empty() && args.duration.is_some() {
