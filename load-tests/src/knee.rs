@@ -843,6 +843,7 @@ mod tests {
             outcomes: Default::default(),
             flow_latency_ms: Default::default(),
             server: None,
+            payments: None,
             series: Default::default(),
             samples: Default::default(),
             histograms: Default::default(),

@@ -22,6 +22,7 @@ pub mod knee;
 pub mod metrics;
 pub mod output;
 pub(crate) mod payload;
+pub mod payments;
 pub mod report;
 pub mod runner;
 pub mod scenario;

@@ -63,6 +63,14 @@ struct RunArgs {
     /// No progress line on stderr (it is also off when stderr is not a terminal).
     #[arg(long)]
     quiet: bool,
+    /// Base URL of the mock payment service (`mock_payments`) behind the server's HTTP
+    /// gateway; loopback only. Its `/v1/stats` counters are read before and after the run and
+    /// their differences reported (`payments`).
+    #[arg(long, value_name = "URL")]
+    mock_payments: Option<String>,
+    /// Bearer token of the mock payment service (if started with `--api-key`).
+    #[arg(long, env = "ORDERLY_LOAD_MOCK_API_KEY", hide_env_values = true)]
+    mock_api_key: Option<String>,
     /// Write the full report (with the server's counters and the time series) as JSON here.
     #[arg(long, value_name = "FILE")]
     report: Option<PathBuf>,
@@ -116,6 +124,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             .max()
             .unwrap_or(1000),
     };
+    let mock = args
+        .mock_payments
+        .as_deref()
+        .map(Target::parse)
+        .transpose()
+        .context("--mock-payments")?;
+    let before = match &mock {
+        Some(mock) => {
+            Some(orderly_load::payments::stats(mock, args.mock_api_key.as_deref()).await?)
+        }
+        None => None,
+    };
     let progress = !args.quiet && std::io::stderr().is_terminal();
     let report = runner::run(RunConfig {
         target,
@@ -128,6 +148,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         progress,
     })
     .await?;
+    let mut report = report;
+    if let (Some(mock), Some(before)) = (&mock, &before) {
+        let after = orderly_load::payments::stats(mock, args.mock_api_key.as_deref()).await?;
+        report.payments = Some(orderly_load::payments::PaymentCounters::between(
+            before, &after,
+        ));
+    }
     print!("{}", report.human());
     if let Some(path) = &args.report {
         write(path, &serde_json::to_string_pretty(&report)?)?;

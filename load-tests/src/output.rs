@@ -78,6 +78,13 @@ pub fn markdown(report: &Report) -> String {
     }
     latency_table(&mut out, "kind", &report.latency_ms);
     latency_table(&mut out, "flow", &report.flow_latency_ms);
+    if let Some(p) = &report.payments {
+        let _ = writeln!(out, "\n## Mock payment service (after − before)\n");
+        let _ = writeln!(out, "| counter | difference |\n|---|---:|");
+        let _ = writeln!(out, "| charges | {} |", p.charges);
+        let _ = writeln!(out, "| duplicates refused | {} |", p.duplicates_refused);
+        let _ = writeln!(out, "| double charges | {} |", p.double_charges);
+    }
     if let Some(server) = &report.server {
         let _ = writeln!(out, "\n## Server counters (after − before)\n");
         match &server.error {

@@ -255,6 +255,7 @@ impl Recorder {
             outcomes,
             flow_latency_ms,
             server: run.server,
+            payments: None,
             series: self.series,
             samples: self.samples,
             histograms,
@@ -420,6 +421,9 @@ pub struct Report {
     pub flow_latency_ms: BTreeMap<String, LatencySummary>,
     /// The server's counters from `/metrics`, scraped before and after the run.
     pub server: Option<ServerCounters>,
+    /// The mock payment service's counters (`--mock-payments`), read before and after the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payments: Option<crate::payments::PaymentCounters>,
     /// One entry per second of the run.
     pub series: Vec<SecondSample>,
     /// Periodic samples of the server's RSS and the client's p99 (`sample_interval`).
@@ -450,6 +454,13 @@ impl Report {
         );
         for (key, n) in &self.errors {
             let _ = writeln!(out, "  error {key:<32} {n:>10}");
+        }
+        if let Some(p) = &self.payments {
+            let _ = writeln!(
+                out,
+                "payments: {} charges, {} duplicates refused, {} double charges",
+                p.charges, p.duplicates_refused, p.double_charges
+            );
         }
         if let Some(server) = &self.server {
             let n = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.0}"));
