@@ -1,0 +1,247 @@
+//! `flaky-gateways` against a real `orderly serve` whose http gateway points at a real
+//! `mock_payments` child with faults (charges whose answer hangs past the attempt timeout,
+//! 503s, throttling): the report's `payments` section is the mock's own ledger difference, and
+//! there is no double charge. The `orderly` binary is found (or built) as in smoke_server.rs.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Kills the server when the test ends, however it ends.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_bounded(mut child: Child, limit: Duration, what: &str) -> Output {
+    let deadline = Instant::now() + limit;
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The `orderly` binary, built if needed.
+fn orderly_binary() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("load-tests is inside the workspace")
+        .to_path_buf();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|t| {
+            if t.is_absolute() {
+                t
+            } else {
+                workspace.join(t)
+            }
+        })
+        .unwrap_or_else(|| workspace.join("target"));
+    let binary = target.join("debug").join("orderly");
+    if !binary.exists() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let build = Command::new(cargo)
+            .args(["build", "--bin", "orderly"])
+            .current_dir(&workspace)
+            .env("CARGO_TARGET_DIR", &target)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start cargo build --bin orderly");
+        let output = wait_bounded(
+            build,
+            Duration::from_secs(1800),
+            "cargo build --bin orderly",
+        );
+        assert!(
+            output.status.success(),
+            "cargo build --bin orderly failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    assert!(binary.exists(), "no {}", binary.display());
+    binary
+}
+
+/// Starts `orderly serve` on a free loopback port and returns it with its base URL.
+fn start_server(mock: &str) -> (Server, String) {
+    let mut command = Command::new(orderly_binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Only the embedded defaults: no configuration from the environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ORDERLY__") {
+            command.env_remove(key);
+        }
+    }
+    // Every method through the http gateway at the mock; short attempts so hung charges time out.
+    command
+        .env("ORDERLY__PAYMENTS__ROUTES__CARD", "http")
+        .env("ORDERLY__PAYMENTS__ROUTES__ALIPAY", "http")
+        .env("ORDERLY__PAYMENTS__ROUTES__WECHAT", "http")
+        .env("ORDERLY__GATEWAYS__HTTP__BASE_URL", mock)
+        .env("ORDERLY__PAYMENTS__ATTEMPT_TIMEOUT_MS", "300");
+    let mut child = command.spawn().expect("start orderly serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let server = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stderr so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("orderly serve prints `listening on http://…` within 60 s");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (server, url)
+}
+
+/// Starts `mock_payments` on a free loopback port and returns it with its base URL.
+fn start_mock() -> (Server, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mock_payments"))
+        .args(["--listen", "127.0.0.1:0", "--fault-profile", "healthy"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start mock_payments");
+    let stdout = child.stdout.take().expect("stdout");
+    let mock = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("mock_payments prints `listening on http://…`");
+    (mock, url)
+}
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(future)
+}
+
+fn stats(mock: &str) -> serde_json::Value {
+    block_on(async {
+        let response = tokio::time::timeout(
+            Duration::from_secs(10),
+            reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .unwrap()
+                .get(format!("{mock}/v1/stats"))
+                .send(),
+        )
+        .await
+        .expect("stats within 10 s")
+        .expect("stats");
+        response.json().await.expect("stats JSON")
+    })
+}
+
+#[test]
+fn flaky_gateways_reports_the_mocks_counters_and_no_double_charge() {
+    let (_mock, mock) = start_mock();
+    // Charges taken whose answer hangs past the attempt timeout, 503s (half of them after
+    // charging), throttling.
+    block_on(async {
+        let faults = serde_json::json!({
+            "latency_base_ms": 1,
+            "timeout_rate": 0.1,
+            "hang_ms": 1000,
+            "server_error_rate": 0.1,
+            "not_sent_rate": 0.05,
+        });
+        let response = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .post(format!("{mock}/v1/faults"))
+            .json(&faults)
+            .send()
+            .await
+            .expect("set faults");
+        assert!(response.status().is_success(), "{}", response.status());
+    });
+    let (_server, url) = start_server(&mock);
+    let before = stats(&mock);
+    let dir = std::env::temp_dir().join(format!("orderly-load-flaky-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let report_path = dir.join("flaky.json");
+    let md_path = dir.join("flaky.md");
+    let scenario = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/flaky-gateways.toml");
+    let child = Command::new(env!("CARGO_BIN_EXE_orderly-load"))
+        .arg("run")
+        .args(["--target", &url, "--quiet", "--timeout", "15s"])
+        .args(["--rate", "20", "--duration", "3s", "--mock-payments", &mock])
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--report")
+        .arg(&report_path)
+        .arg("--report-md")
+        .arg(&md_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start orderly-load");
+    let output = wait_bounded(
+        child,
+        Duration::from_secs(120),
+        "orderly-load run flaky-gateways",
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let after = stats(&mock);
+    let text = std::fs::read_to_string(&report_path).expect("the report is written");
+    let md = std::fs::read_to_string(&md_path).expect("the markdown is written");
+    let _ = std::fs::remove_dir_all(&dir);
+    let report: serde_json::Value = serde_json::from_str(&text).expect("the report parses");
+    let payments = &report["payments"];
+    assert_eq!(payments["double_charges"], 0, "{payments}");
+    let diff = |key: &str| after[key].as_u64().unwrap() - before[key].as_u64().unwrap();
+    assert_eq!(
+        payments["charges"].as_u64(),
+        Some(diff("charges")),
+        "{payments}"
+    );
+    assert_eq!(
+        payments["duplicates_refused"].as_u64(),
+        Some(diff("duplicates_refused")),
+        "{payments}"
+    );
+    assert!(diff("charges") > 0, "{after}");
+    assert_eq!(after["double_charges"], 0, "{after}");
+    assert!(stdout.contains("payments: "), "{stdout}");
+    assert!(md.contains("Mock payment service"), "{md}");
+}
