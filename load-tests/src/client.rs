@@ -89,6 +89,8 @@ impl Api {
             Step::Cancel => (format!("/v1/orders/{id}/cancel"), "application/json"),
             Step::Refund => (format!("/v1/orders/{id}/refund"), "application/json"),
             Step::Bulk => ("/v1/orders/bulk".to_string(), "application/x-ndjson"),
+            // Not an HTTP request: the runner hands stream arrivals to the stream driver.
+            Step::Stream => return Answer::Failed("stream_step_is_not_http".into()),
         };
         let url = self.target.url(&path);
         let mut request = if step == Step::Get {

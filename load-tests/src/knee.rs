@@ -56,15 +56,19 @@ pub struct KneeArgs {
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub target: String,
     /// Most arrivals outstanding at once; an arrival due beyond it is dropped (and fails the
-    /// step).
-    #[arg(long, default_value_t = 1024)]
-    pub max_in_flight: usize,
+    /// step). Default: the scenario's `max_in_flight`, else 1024.
+    #[arg(long)]
+    pub max_in_flight: Option<usize>,
     /// Timeout of each request, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Bearer token for Orderly's write endpoints.
     #[arg(long, env = "ORDERLY_LOAD_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
+    /// The Redis of the server's ingest stream and outbox, for a `stream` scenario
+    /// (`redis://127.0.0.1:PORT/DB`; loopback only).
+    #[arg(long, value_name = "URL")]
+    pub redis: Option<String>,
     /// Write the JSON report to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -644,16 +648,21 @@ pub async fn main(args: KneeArgs) -> anyhow::Result<()> {
     let target = Target::parse(&args.target)?;
     let scenario = resolve_scenario(&args.scenario)?;
     let quiet = args.quiet;
+    let max_in_flight = args
+        .max_in_flight
+        .or(scenario.max_in_flight)
+        .unwrap_or(1024);
     let report = find_knee(
         RunConfig {
             target,
             scenario,
             rate_per_sec: limits.start_rate,
             duration: limits.step_duration,
-            max_in_flight: args.max_in_flight,
+            max_in_flight,
             request_timeout: args.timeout,
             api_key: args.api_key,
-            progress: !quiet,
+            progress: !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            redis: args.redis,
         },
         limits,
         |step| {

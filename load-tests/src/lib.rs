@@ -14,6 +14,7 @@
 //! - [`report`]: HdrHistogram latencies per request kind, counts, the human and JSON reports.
 //! - [`metrics`]: the server's counters from its `/metrics`, before and after a run.
 //! - [`output`]: the report as Markdown, an SVG plot, and HdrHistogram `.hgrm` text.
+//! - [`stream`]: the stream step: `XADD` to the ingest stream, placements read from the outbox.
 //! - [`runner`]: the load loop: schedule, bounded concurrency, progress line.
 //! - [`knee`]: the knee finder: steps the rate up until p99, errors or drops fail.
 
@@ -27,4 +28,5 @@ pub mod report;
 pub mod runner;
 pub mod scenario;
 pub mod schedule;
+pub mod stream;
 pub mod target;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use orderly_load::output;
 use orderly_load::report::Report;
 use orderly_load::runner::{self, RunConfig};
-use orderly_load::scenario::{parse_duration, Scenario};
+use orderly_load::scenario::parse_duration;
 use orderly_load::target::Target;
 
 /// Open-model (constant arrival rate) load generator for Orderly's HTTP API.
@@ -45,18 +45,23 @@ struct RunArgs {
     /// stages say how long they last).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Scenario file (see load-tests/scenarios/).
-    #[arg(long, default_value = "load-tests/scenarios/place.toml")]
-    scenario: PathBuf,
+    /// Scenario: a file, or the name of one in load-tests/scenarios/ (e.g. `lifecycle`).
+    #[arg(long, default_value = "place")]
+    scenario: String,
     /// Most arrivals outstanding at once; an arrival due beyond it is counted as dropped.
-    #[arg(long, default_value_t = 1024)]
-    max_in_flight: usize,
+    /// Default: the scenario's `max_in_flight`, else 1024.
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Timeout of each request, e.g. `10s`.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
     /// Bearer token for Orderly's write endpoints.
     #[arg(long, env = "ORDERLY_LOAD_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// The Redis of the server's ingest stream and outbox, for a `stream` scenario
+    /// (`redis://127.0.0.1:PORT/DB`; loopback only).
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
     /// Also print the report as one JSON object on the last stdout line.
     #[arg(long)]
     json: bool,
@@ -89,6 +94,9 @@ struct RunArgs {
     hgrm_kind: Option<String>,
 }
 
+/// `--max-in-flight` when neither the command line nor the scenario sets it.
+const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {
@@ -107,7 +115,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         CliCommand::Knee(args) => return orderly_load::knee::main(args).await,
     };
     let target = Target::parse(&args.target)?;
-    let scenario = Scenario::load(&args.scenario)?;
+    let scenario = orderly_load::knee::resolve_scenario(&args.scenario)?;
     if !scenario.stages.is_empty() && args.duration.is_some() {
         bail!(
             "scenario {} has [[stages]], which say how long it runs: drop --duration",
@@ -137,15 +145,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
     let progress = !args.quiet && std::io::stderr().is_terminal();
+    let scenario_max_in_flight = scenario.max_in_flight;
     let report = runner::run(RunConfig {
         target,
         scenario,
         rate_per_sec: rate,
         duration: args.duration.unwrap_or(Duration::from_secs(10)),
-        max_in_flight: args.max_in_flight,
+        max_in_flight: args
+            .max_in_flight
+            .or(scenario_max_in_flight)
+            .unwrap_or(DEFAULT_MAX_IN_FLIGHT),
         request_timeout: args.timeout,
         api_key: args.api_key,
         progress,
+        redis: args.redis,
     })
     .await?;
     let mut report = report;

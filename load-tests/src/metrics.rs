@@ -17,6 +17,8 @@ pub struct Scrape {
     pub payment_retries: Option<f64>,
     /// `process_resident_memory_bytes`.
     pub rss_bytes: Option<f64>,
+    /// `orderly_shards_owned` (summed): the shards this node owns.
+    pub shards_owned: Option<f64>,
 }
 
 /// Differences of the server's counters over a run (after − before), and RSS before/after.
@@ -114,6 +116,7 @@ pub fn parse(text: &str) -> Scrape {
             "orderly_overload_rejections_total" => add(&mut scrape.overload_rejections, value),
             "orderly_payment_retries_total" => add(&mut scrape.payment_retries, value),
             "process_resident_memory_bytes" => scrape.rss_bytes = Some(value),
+            "orderly_shards_owned" => add(&mut scrape.shards_owned, value),
             _ => {}
         }
     }

@@ -6,6 +6,11 @@ use crate::scenario::OrderTemplate;
 
 /// The JSON of order number `n` (`POST /v1/orders` body, one bulk line).
 pub fn order_json(template: &OrderTemplate, n: u64) -> String {
+    order_json_with(template, n, &[])
+}
+
+/// The JSON of order number `n` with `metadata` pairs (the stream step's reference).
+pub fn order_json_with(template: &OrderTemplate, n: u64, metadata: &[(&str, &str)]) -> String {
     let items: Vec<serde_json::Value> = (0..template.items_per_order as u64)
         .map(|k| {
             let price =
@@ -22,7 +27,10 @@ pub fn order_json(template: &OrderTemplate, n: u64) -> String {
         "currency": template.currency,
         "payment_method": template.payment_method,
         "items": items,
-        "metadata": {},
+        "metadata": metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect::<serde_json::Map<_, _>>(),
     })
     .to_string()
 }

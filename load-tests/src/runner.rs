@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::{bail, Context};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ use crate::payload::{bulk_body, order_json};
 use crate::report::{Recorder, Report, RunFacts, ServerSample, StageReport};
 use crate::scenario::{Scenario, Step};
 use crate::schedule::{Schedule, DURATION_MAX};
+use crate::stream::{self, StreamDriver};
 use crate::target::Target;
 
 /// Largest accepted `--max-in-flight`.
@@ -56,6 +57,8 @@ pub struct RunConfig {
     pub api_key: Option<String>,
     /// Print a progress line on stderr every second.
     pub progress: bool,
+    /// The Redis of the ingest stream and the outbox, for a `stream` scenario (loopback only).
+    pub redis: Option<String>,
 }
 
 struct Shared {
@@ -120,6 +123,13 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         config.max_in_flight,
     )?;
     let before = scrape(&api).await;
+    let stream_settings = config.scenario.stream.clone();
+    if stream_settings.is_some() && config.redis.is_none() {
+        bail!(
+            "scenario {} adds orders to a Redis stream: give --redis redis://127.0.0.1:PORT/DB (the server's ingest Redis)",
+            config.scenario.name
+        );
+    }
     let shared = Arc::new(Shared {
         api,
         recorder: Mutex::new(Recorder::new(&config.scenario)),
@@ -128,6 +138,25 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
         in_flight: AtomicU64::new(0),
     });
     let permits = Arc::new(Semaphore::new(config.max_in_flight));
+    let driver = match (&stream_settings, &config.redis) {
+        (Some(settings), Some(url)) => {
+            // The outbox has one stream per shard: as many as the server says it owns.
+            let shards = settings
+                .shards
+                .or_else(|| {
+                    let owned = before.as_ref().ok()?.shards_owned?;
+                    (owned >= 1.0).then_some(owned as u32)
+                })
+                .unwrap_or(64);
+            let sink: Arc<dyn stream::Sink> = Arc::clone(&shared) as Arc<dyn stream::Sink>;
+            Some(
+                StreamDriver::start(url, settings, shards, &config.scenario.order, sink)
+                    .await
+                    .context("starting the stream step")?,
+            )
+        }
+        _ => None,
+    };
     let start = Instant::now();
 
     // Once a second: close a second of the time series, and print it if asked to.
@@ -188,7 +217,21 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
                     Ok(permit) => {
                         started += 1;
                         shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                        tokio::spawn(arrival(Arc::clone(&shared), base + n, intended, permit));
+                        match &driver {
+                            Some(driver) => driver.submit(stream::Arrival {
+                                n: base + n,
+                                intended,
+                                permit,
+                            }),
+                            None => {
+                                tokio::spawn(arrival(
+                                    Arc::clone(&shared),
+                                    base + n,
+                                    intended,
+                                    permit,
+                                ));
+                            }
+                        }
                     }
                     Err(_) => dropped += 1,
                 }
@@ -217,6 +260,9 @@ pub async fn run(config: RunConfig) -> anyhow::Result<Report> {
     let _ = tokio::time::timeout(drain, permits.acquire_many(all)).await;
     let unfinished = shared.in_flight.load(Ordering::Relaxed);
     let elapsed = start.elapsed();
+    if let Some(driver) = driver {
+        driver.stop();
+    }
     ticker.abort();
     if let Some(sampler) = sampler {
         sampler.abort();
@@ -272,6 +318,7 @@ async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
                 let lines = scenario.bulk.as_ref().map_or(1, |b| b.lines);
                 bulk_body(&scenario.order, n * lines as u64, lines)
             }
+            Step::Stream => unreachable!("stream arrivals go to the stream driver"),
             Step::Ship => serde_json::json!({ "tracking_number": format!("T-{n}") }).to_string(),
             Step::Pay | Step::Deliver | Step::Get | Step::Cancel | Step::Refund => "{}".to_string(),
         };
@@ -295,5 +342,27 @@ async fn run_steps(shared: &Shared, n: u64, intended: Instant) {
         shared
             .recorder()
             .record_flow(&flow.name, clock.saturating_duration_since(intended));
+    }
+}
+
+/// What the stream driver reports goes into the same counts as an HTTP step's answers.
+impl stream::Sink for Shared {
+    fn sent(&self, count: u64) {
+        self.sent.fetch_add(count, Ordering::Relaxed);
+    }
+
+    fn placed(&self, latency: Duration) {
+        let ok = Answer::Ok {
+            order_id: None,
+            bulk: None,
+        };
+        self.recorder().record(Step::Stream, latency, &ok);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn failed(&self, latency: Duration, reason: &str) {
+        let failed = Answer::Failed(reason.to_string());
+        self.recorder().record(Step::Stream, latency, &failed);
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

@@ -86,6 +86,9 @@ pub enum Step {
     Refund,
     /// `POST /v1/orders/bulk` with an NDJSON body.
     Bulk,
+    /// `XADD` of one order to the ingest stream; done when its `order_placed` event is read
+    /// from the outbox (see [`crate::stream`]).
+    Stream,
 }
 
 impl Step {
@@ -100,6 +103,7 @@ impl Step {
             Step::Cancel => "cancel",
             Step::Refund => "refund",
             Step::Bulk => "bulk",
+            Step::Stream => "stream",
         }
     }
 }
@@ -139,6 +143,38 @@ pub struct BulkSettings {
     /// Orders (NDJSON lines) per request.
     pub lines: usize,
 }
+
+/// Where the stream step adds orders and reads placements (`[stream]`, all optional). The
+/// Redis itself is named on the command line (`--redis`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamSettings {
+    /// The server's `[ingest] stream`.
+    pub key: String,
+    /// The server's `[store.redis] key_prefix`: outbox streams are `<prefix>:{<shard>}:events`.
+    pub events_prefix: String,
+    /// The server's `[engine] shards`; unset: read from its `/metrics`
+    /// (`orderly_shards_owned`, a single node owns them all), else 64.
+    pub shards: Option<u32>,
+    /// Most adds per pipelined call.
+    pub pipeline: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        StreamSettings {
+            key: "orderly:ingest".into(),
+            events_prefix: "orderly".into(),
+            shards: None,
+            pipeline: 1000,
+        }
+    }
+}
+
+/// Most shards the stream step follows.
+pub const STREAM_SHARDS_MAX: u32 = 65_536;
+/// Most adds per pipeline.
+pub const STREAM_PIPELINE_MAX: usize = 100_000;
 
 /// One stage of a ramp: `rate` arrivals per second for `duration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +230,8 @@ struct ScenarioFile {
     #[serde(default)]
     order: OrderTemplate,
     bulk: Option<BulkSettings>,
+    stream: Option<StreamSettings>,
+    max_in_flight: Option<i64>,
 }
 
 /// A validated scenario.
@@ -213,6 +251,11 @@ pub struct Scenario {
     pub order: OrderTemplate,
     /// Bulk shape (only for a bulk scenario).
     pub bulk: Option<BulkSettings>,
+    /// Stream settings (only for a stream scenario).
+    pub stream: Option<StreamSettings>,
+    /// The scenario's own default for `--max-in-flight` (a stream arrival is in flight from
+    /// its add until its placement is read, so 100,000/s at 50 ms needs 5,000 slots).
+    pub max_in_flight: Option<usize>,
 }
 
 /// What an order is known to be in after the steps so far (for the validation of step order).
@@ -231,6 +274,12 @@ enum Known {
 fn check_steps(key: &str, steps: &[Step], bulk: Option<&BulkSettings>) -> anyhow::Result<()> {
     if steps.is_empty() {
         bail!("`{key}` must name at least one request");
+    }
+    if steps.contains(&Step::Stream) {
+        if steps != [Step::Stream] {
+            bail!("`{key}`: `stream` must be the only step");
+        }
+        return Ok(());
     }
     if steps.contains(&Step::Bulk) {
         if steps != [Step::Bulk] {
@@ -260,7 +309,7 @@ fn check_steps(key: &str, steps: &[Step], bulk: Option<&BulkSettings>) -> anyhow
             (Step::Deliver, Shipped) => Delivered,
             (Step::Cancel, Pending | Paid) => Cancelled,
             (Step::Refund, Paid | Shipped) => Refunded,
-            (Step::Bulk, _) => unreachable!("bulk is handled above"),
+            (Step::Bulk | Step::Stream, _) => unreachable!("bulk and stream are handled above"),
             (step, s) => bail!(
                 "`{key}[{i}]`: `{}` cannot follow an order that is {}",
                 step.as_str(),
@@ -342,6 +391,41 @@ impl Scenario {
         if file.bulk.is_some() && !uses_bulk {
             bail!("[bulk] only applies to steps = [\"bulk\"]");
         }
+        let uses_stream = flows.iter().any(|f| f.steps == [Step::Stream]);
+        if uses_stream && flows.len() > 1 {
+            bail!("`flows`: a stream flow must be the scenario's only flow");
+        }
+        if file.stream.is_some() && !uses_stream {
+            bail!("[stream] only applies to steps = [\"stream\"]");
+        }
+        let stream = uses_stream.then(|| file.stream.clone().unwrap_or_default());
+        if let Some(stream) = &stream {
+            if stream.key.is_empty() {
+                bail!("`stream.key` must not be empty");
+            }
+            if stream.events_prefix.is_empty() {
+                bail!("`stream.events_prefix` must not be empty");
+            }
+            if let Some(shards) = stream.shards {
+                if shards == 0 || shards > STREAM_SHARDS_MAX {
+                    bail!("`stream.shards` must be 1..={STREAM_SHARDS_MAX} (got {shards})");
+                }
+            }
+            if stream.pipeline == 0 || stream.pipeline > STREAM_PIPELINE_MAX {
+                bail!(
+                    "`stream.pipeline` must be 1..={STREAM_PIPELINE_MAX} (got {})",
+                    stream.pipeline
+                );
+            }
+        }
+        let max_in_flight = match file.max_in_flight {
+            None => None,
+            Some(n) if n >= 1 && n as usize <= crate::runner::MAX_IN_FLIGHT_MAX => Some(n as usize),
+            Some(n) => bail!(
+                "`max_in_flight` must be 1..={} (got {n})",
+                crate::runner::MAX_IN_FLIGHT_MAX
+            ),
+        };
         if file.stages.len() > STAGES_MAX {
             bail!("`stages`: at most {STAGES_MAX}");
         }
@@ -396,6 +480,8 @@ impl Scenario {
             sample_interval,
             order: file.order,
             bulk: file.bulk,
+            stream,
+            max_in_flight,
         })
     }
 

@@ -4,7 +4,7 @@
 //! there is no double charge. The `orderly` binary is found (or built) as in smoke_server.rs.
 
 mod orderly_bin;
-use orderly_bin::{orderly_binary, wait_bounded, Server};
+use orderly_bin::{wait_bounded, Server};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -12,44 +12,19 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// Starts `orderly serve` on a free loopback port and returns it with its base URL.
+/// `orderly serve` (memory store) with every payment method through the http gateway at
+/// `mock`, and short attempts so that hung charges time out.
 fn start_server(mock: &str) -> (Server, String) {
-    let mut command = Command::new(orderly_binary());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // Only the embedded defaults: no configuration from the environment.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ORDERLY__") {
-            command.env_remove(key);
-        }
-    }
-    // Every method through the http gateway at the mock; short attempts so hung charges time out.
-    command
-        .env("ORDERLY__PAYMENTS__ROUTES__CARD", "http")
-        .env("ORDERLY__PAYMENTS__ROUTES__ALIPAY", "http")
-        .env("ORDERLY__PAYMENTS__ROUTES__WECHAT", "http")
-        .env("ORDERLY__GATEWAYS__HTTP__BASE_URL", mock)
-        .env("ORDERLY__PAYMENTS__ATTEMPT_TIMEOUT_MS", "300");
-    let mut child = command.spawn().expect("start orderly serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining stderr so the server never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("orderly serve prints `listening on http://…` within 60 s");
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    (server, url)
+    orderly_bin::start_server(
+        "memory",
+        &[
+            ("ORDERLY__PAYMENTS__ROUTES__CARD", "http"),
+            ("ORDERLY__PAYMENTS__ROUTES__ALIPAY", "http"),
+            ("ORDERLY__PAYMENTS__ROUTES__WECHAT", "http"),
+            ("ORDERLY__GATEWAYS__HTTP__BASE_URL", mock),
+            ("ORDERLY__PAYMENTS__ATTEMPT_TIMEOUT_MS", "300"),
+        ],
+    )
 }
 
 /// Starts `mock_payments` on a free loopback port and returns it with its base URL.

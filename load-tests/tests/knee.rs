@@ -164,6 +164,7 @@ async fn knee_with(address: SocketAddr, limits: KneeLimits, max_in_flight: usize
         request_timeout: Duration::from_secs(5),
         api_key: None,
         progress: false,
+        redis: None,
     };
     // At most 8 steps of 1 s plus their drains.
     tokio::time::timeout(Duration::from_secs(60), find_knee(base, limits, |_| {}))

@@ -140,6 +140,7 @@ async fn load(base: String, scenario: Scenario, rate: u64, max_in_flight: usize)
         request_timeout: Duration::from_secs(5),
         api_key: Some("test-key".into()),
         progress: false,
+        redis: None,
     };
     tokio::time::timeout(Duration::from_secs(30), run(config))
         .await

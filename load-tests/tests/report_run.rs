@@ -55,6 +55,7 @@ async fn a_one_second_stall_shows_as_latencies_from_one_second_down_to_zero() {
         request_timeout: Duration::from_secs(5),
         api_key: None,
         progress: false,
+        redis: None,
     };
     let report = tokio::time::timeout(Duration::from_secs(30), run(config))
         .await
@@ -242,6 +243,7 @@ async fn a_sampled_run_records_rss_and_p99_and_counter_differences() {
         request_timeout: Duration::from_secs(5),
         api_key: None,
         progress: false,
+        redis: None,
     };
     let report = tokio::time::timeout(Duration::from_secs(30), run(config))
         .await

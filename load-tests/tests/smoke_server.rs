@@ -7,50 +7,15 @@
 //! `cargo build --bin orderly` first if it is not there.
 
 mod orderly_bin;
-use orderly_bin::{orderly_binary, wait_bounded, Server};
+use orderly_bin::{start_server, wait_bounded};
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
-
-/// Starts `orderly serve` on a free loopback port and returns it with its base URL.
-fn start_server() -> (Server, String) {
-    let mut command = Command::new(orderly_binary());
-    command
-        .args(["serve", "--listen", "127.0.0.1:0", "--store", "memory"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    // Only the embedded defaults: no configuration from the environment.
-    for (key, _) in std::env::vars_os() {
-        if key.to_string_lossy().starts_with("ORDERLY__") {
-            command.env_remove(key);
-        }
-    }
-    let mut child = command.spawn().expect("start orderly serve");
-    let stderr = child.stderr.take().expect("stderr");
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        // Keep draining stderr so the server never blocks on a full pipe.
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let _ = tx.send(rest.trim().to_string());
-            }
-        }
-    });
-    let url = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("orderly serve prints `listening on http://…` within 60 s");
-    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-    (server, url)
-}
 
 #[test]
 fn smoke_against_orderly_serve_matches_the_servers_counters() {
-    let (_server, url) = start_server();
+    let (_server, url) = start_server("memory", &[]);
     let dir = std::env::temp_dir().join(format!("orderly-load-smoke-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let report_path = dir.join("smoke.json");

@@ -2,8 +2,11 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Kills the server when the test ends, however it ends.
@@ -69,4 +72,114 @@ pub fn orderly_binary() -> PathBuf {
     }
     assert!(binary.exists(), "no {}", binary.display());
     binary
+}
+
+/// Starts `orderly serve` on a free loopback port with `store` (`memory` or a Redis URL) and
+/// the `ORDERLY__…` settings in `env` (nothing else from the environment), and returns it
+/// with its base URL.
+pub fn start_server(store: &str, env: &[(&str, &str)]) -> (Server, String) {
+    let mut command = Command::new(orderly_binary());
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--store", store])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    // Only the embedded defaults and `env`: no configuration from the test's environment.
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("ORDERLY__") {
+            command.env_remove(key);
+        }
+    }
+    command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("start orderly serve");
+    let stderr = child.stderr.take().expect("stderr");
+    let server = Server(child);
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Keep draining stderr so the server never blocks on a full pipe.
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let _ = tx.send(rest.trim().to_string());
+            }
+        }
+    });
+    let url = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("orderly serve prints `listening on http://…` within 60 s");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    (server, url)
+}
+
+/// A throw-away `redis-server` on a free loopback port with its own temp dir (AOF everysec),
+/// stopped and removed when dropped.
+pub struct Redis {
+    child: Child,
+    dir: PathBuf,
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Redis {
+    /// Starts one and waits (bounded) until it answers `PING`.
+    pub fn start() -> Redis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let dir =
+            std::env::temp_dir().join(format!("orderly-load-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("redis temp dir");
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (is it installed? apt-get install -y redis-server)");
+        let redis = Redis { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !redis.answers_ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        redis
+    }
+
+    /// `redis://127.0.0.1:<port>/0`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn answers_ping(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
