@@ -327,6 +327,10 @@ pub struct CommitSettings {
     /// How long a non-full batch may wait for more snapshots (0: flush as soon as the shard's
     /// ready work has run; batches then form while the previous write is in flight).
     pub flush_interval_us: u64,
+    /// Wait `flush_interval_us` only while fewer snapshots than this are queued: a batch that
+    /// small costs the store as much per write as a full one (the fence, the round trip), and
+    /// one of this size or more goes at once. 0: never wait.
+    pub linger_batch_below: usize,
     /// Commit groups per arbiter thread: each writes the batches of its shards together, one
     /// write in flight, on a connection of its own. More groups overlap more writes.
     pub groups_per_thread: u32,
@@ -696,6 +700,15 @@ impl Settings {
         }
         if self.commit.batch_size_max == 0 || self.commit.batch_size_max > 10_000 {
             return invalid("commit.batch_size_max", "must be 1..=10000");
+        }
+        if self.commit.linger_batch_below > self.commit.batch_size_max {
+            return invalid(
+                "commit.linger_batch_below",
+                "must be 0..=commit.batch_size_max",
+            );
+        }
+        if self.commit.flush_interval_us > 1_000_000 {
+            return invalid("commit.flush_interval_us", "must be 0..=1000000");
         }
         if self.commit.groups_per_thread == 0 || self.commit.groups_per_thread > 64 {
             return invalid("commit.groups_per_thread", "must be 1..=64");

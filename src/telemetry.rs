@@ -21,6 +21,8 @@ pub const SHARDS_OWNED: &str = "orderly_shards_owned";
 pub const COMMIT_FAILURES_TOTAL: &str = "orderly_commit_failures_total";
 /// Snapshots per commit batch.
 pub const COMMIT_BATCH_SIZE: &str = "orderly_commit_batch_size";
+/// Commit batches that waited `[commit] flush_interval_us` for more snapshots.
+pub const COMMIT_LINGERS_TOTAL: &str = "orderly_commit_lingers_total";
 /// Store write latency of one commit batch.
 pub const COMMIT_BATCH_SECONDS: &str = "orderly_commit_batch_duration_seconds";
 /// Order actors activated (created or loaded).
@@ -130,6 +132,11 @@ pub fn describe() {
         COMMIT_FAILURES_TOTAL,
         Unit::Count,
         "Commit batches that failed in the store."
+    );
+    describe_counter!(
+        COMMIT_LINGERS_TOTAL,
+        Unit::Count,
+        "Commit batches that waited [commit] flush_interval_us for more snapshots (fewer than linger_batch_below were queued)."
     );
     describe_histogram!(
         COMMIT_BATCH_SIZE,
@@ -376,6 +383,7 @@ pub(crate) fn start_store_series(store: &'static str) {
     let _ = histogram!(COMMIT_BATCH_SIZE, "store" => store);
     let _ = histogram!(COMMIT_BATCH_SECONDS, "store" => store);
     counter!(COMMIT_FAILURES_TOTAL, "store" => store).increment(0);
+    counter!(COMMIT_LINGERS_TOTAL, "store" => store).increment(0);
     counter!(SNAPSHOTS_WRITTEN_TOTAL, "store" => store).increment(0);
     counter!(EVENTS_TOTAL, "store" => store).increment(0);
     for operation in ["load", "due_timers", "timer_counts", "status_counts"] {
@@ -561,6 +569,11 @@ impl CommandTally {
     }
 }
 
+/// Records a commit batch that waits for more snapshots.
+pub(crate) fn record_commit_linger(store: &'static str) {
+    counter!(COMMIT_LINGERS_TOTAL, "store" => store).increment(1);
+}
+
 /// Records one commit batch.
 pub(crate) fn record_commit(
     store: &'static str,
@@ -667,7 +680,7 @@ pub fn record_payment_attempts(gateway: &'static str, outcome: &'static str, n: 
 }
 
 /// Records one answered HTTP request; `route` is the matched pattern, never a concrete path.
-pub(crate) fn record_http_request(route: String, status: u16, seconds: f64) {
+pub(crate) fn record_http_request(route: &'static str, status: u16, seconds: f64) {
     let class = match status {
         100..=199 => "1xx",
         200..=299 => "2xx",
@@ -675,7 +688,7 @@ pub(crate) fn record_http_request(route: String, status: u16, seconds: f64) {
         400..=499 => "4xx",
         _ => "5xx",
     };
-    histogram!(HTTP_REQUEST_SECONDS, "route" => route.clone()).record(seconds);
+    histogram!(HTTP_REQUEST_SECONDS, "route" => route).record(seconds);
     counter!(HTTP_REQUESTS_TOTAL, "route" => route, "status" => class).increment(1);
 }
 
@@ -1288,6 +1301,7 @@ pub const CATALOGUE: &[Family] = &[
     family(COMMIT_BATCH_SIZE, Kind::Histogram, &["store"], "snapshots per commit batch", true),
     family(COMMIT_BATCH_SECONDS, Kind::Histogram, &["store"], "store write latency of one commit batch", true),
     family(COMMIT_FAILURES_TOTAL, Kind::Counter, &["store"], "commit batches the store failed", true),
+    family(COMMIT_LINGERS_TOTAL, Kind::Counter, &["store"], "commit batches that waited `[commit] flush_interval_us` for more snapshots (fewer than `linger_batch_below` queued)", true),
     family(SNAPSHOTS_WRITTEN_TOTAL, Kind::Counter, &["store"], "snapshots written", true),
     family(EVENTS_TOTAL, Kind::Counter, &["store"], "outbox events written with the snapshots", true),
     family(STORE_REQUEST_SECONDS, Kind::Histogram, &["store", "operation"], "store round trips besides commits: load, due_timers, timer_counts, status_counts", true),

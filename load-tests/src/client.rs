@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Context;
-use reqwest::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 
+use crate::http1;
 use crate::scenario::Step;
 use crate::target::Target;
 
@@ -40,9 +40,10 @@ pub(crate) struct BulkLines {
 
 /// An HTTP client bound to one target.
 pub(crate) struct Api {
-    http: reqwest::Client,
-    target: Target,
-    authorization: Option<HeaderValue>,
+    http: http1::Client,
+    timeout: Duration,
+    /// `Bearer <key>`.
+    authorization: Option<String>,
 }
 
 impl Api {
@@ -53,26 +54,27 @@ impl Api {
         timeout: Duration,
         max_in_flight: usize,
     ) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            // Never route load through a proxy from the environment: it must reach the
-            // loopback target directly.
-            .no_proxy()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(max_in_flight)
-            .tcp_nodelay(true)
-            .build()
-            .context("cannot build the HTTP client")?;
         let authorization = match api_key {
-            Some(key) => Some(
-                HeaderValue::from_str(&format!("Bearer {key}"))
-                    .context("the API key is not a valid header value")?,
-            ),
+            Some(key)
+                if key
+                    .bytes()
+                    .all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) =>
+            {
+                Some(format!("Bearer {key}"))
+            }
+            Some(_) => anyhow::bail!("the API key is not a valid header value"),
             None => None,
         };
+        // Direct connections to the loopback target only: no proxy from the environment.
+        let http = http1::Client::new(
+            target,
+            max_in_flight,
+            timeout.min(Duration::from_secs(5)),
+            RESPONSE_BYTES_MAX,
+        );
         Ok(Api {
             http,
-            target,
+            timeout,
             authorization,
         })
     }
@@ -92,30 +94,29 @@ impl Api {
             // Not an HTTP request: the runner hands stream arrivals to the stream driver.
             Step::Stream => return Answer::Failed("stream_step_is_not_http".into()),
         };
-        let url = self.target.url(&path);
-        let mut request = if step == Step::Get {
-            self.http.get(url)
-        } else {
-            self.http
-                .post(url)
-                .header(CONTENT_TYPE, content_type)
-                .body(body)
-        };
-        if let Some(authorization) = &self.authorization {
-            request = request.header(AUTHORIZATION, authorization.clone());
+        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(2);
+        if step != Step::Get {
+            headers.push(("Content-Type", content_type));
         }
-        let response = match request.send().await {
+        if let Some(authorization) = &self.authorization {
+            headers.push(("Authorization", authorization));
+        }
+        let method = if step == Step::Get { "GET" } else { "POST" };
+        let response = match self
+            .http
+            .request(method, &path, &headers, body.as_bytes(), self.timeout)
+            .await
+        {
             Ok(response) => response,
-            Err(error) => return Answer::Failed(transport_error(&error)),
+            Err(error) => {
+                note_failure(&error);
+                return Answer::Failed(error.key().into());
+            }
         };
-        let status = response.status();
-        let bytes = match response.bytes().await {
-            Ok(bytes) if bytes.len() <= RESPONSE_BYTES_MAX => bytes,
-            Ok(_) => return Answer::Failed("response_too_large".into()),
-            Err(error) => return Answer::Failed(transport_error(&error)),
-        };
-        if !status.is_success() {
-            return Answer::Failed(status_error(status.as_u16(), &bytes));
+        let status = response.status;
+        let bytes = response.body;
+        if !(200..300).contains(&status) {
+            return Answer::Failed(status_error(status, &bytes));
         }
         match step {
             Step::Place => match order_id_of(&bytes) {
@@ -123,7 +124,7 @@ impl Api {
                     order_id: Some(order_id),
                     bulk: None,
                 },
-                None => Answer::Failed(format!("{} no_order_id", status.as_u16())),
+                None => Answer::Failed(format!("{status} no_order_id")),
             },
             Step::Bulk => Answer::Ok {
                 order_id: None,
@@ -140,28 +141,32 @@ impl Api {
 impl Api {
     /// The server's `/metrics` page (Prometheus text), within `timeout`.
     pub(crate) async fn metrics(&self, timeout: Duration) -> anyhow::Result<String> {
+        let mut headers: Vec<(&str, &str)> = Vec::new();
+        if let Some(authorization) = &self.authorization {
+            headers.push(("Authorization", authorization));
+        }
         let response = self
             .http
-            .get(self.target.url("/metrics"))
-            .timeout(timeout)
-            .send()
+            .request("GET", "/metrics", &headers, b"", timeout)
             .await
-            .context("GET /metrics")?;
-        let status = response.status();
-        if !status.is_success() {
-            anyhow::bail!("GET /metrics answered {status}");
+            .map_err(|e| anyhow::anyhow!("GET /metrics: {e}"))?;
+        if !(200..300).contains(&response.status) {
+            anyhow::bail!("GET /metrics answered {}", response.status);
         }
-        response.text().await.context("GET /metrics body")
+        String::from_utf8(response.body).context("GET /metrics body is not UTF-8")
     }
 }
 
-fn transport_error(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timeout".into()
-    } else if error.is_connect() {
-        "connect".into()
-    } else {
-        "transport".into()
+/// Prints the first few transport failures of the process in full on stderr: the report counts
+/// them only by kind, and the detail is what tells a server's reset from a malformed answer.
+fn note_failure(error: &http1::Error) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PRINTED: AtomicUsize = AtomicUsize::new(0);
+    const PRINTED_MAX: usize = 5;
+    if matches!(error, http1::Error::Transport(_) | http1::Error::Connect(_))
+        && PRINTED.fetch_add(1, Ordering::Relaxed) < PRINTED_MAX
+    {
+        eprintln!("orderly-load: {}: {error}", error.key());
     }
 }
 

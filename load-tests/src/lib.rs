@@ -11,6 +11,7 @@
 //! - [`scenario`]: scenario files (TOML): which requests one arrival makes.
 //! - `payload`: request bodies (orders, NDJSON batches), deterministic per arrival.
 //! - `client`: the HTTP calls and how their answers are classified.
+//! - `http1`: the lean HTTP/1.1 client under them (pooled keep-alive connections).
 //! - [`report`]: HdrHistogram latencies per request kind, counts, the human and JSON reports.
 //! - [`metrics`]: the server's counters from its `/metrics`, before and after a run.
 //! - [`output`]: the report as Markdown, an SVG plot, and HdrHistogram `.hgrm` text.
@@ -19,6 +20,7 @@
 //! - [`knee`]: the knee finder: steps the rate up until p99, errors or drops fail.
 
 pub(crate) mod client;
+pub(crate) mod http1;
 pub mod knee;
 pub mod metrics;
 pub mod output;

@@ -1,7 +1,7 @@
 //! The load target. Load is only ever sent to this machine: a target whose host is not a
 //! loopback address is refused before any request is made.
 
-use std::net::{IpAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 
 use anyhow::{bail, Context};
 
@@ -9,6 +9,12 @@ use anyhow::{bail, Context};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     base: String,
+    /// The resolved addresses (all loopback).
+    addrs: Vec<SocketAddr>,
+    /// `host[:port]` as given, for the `Host` header.
+    authority: String,
+    /// The URL's path without its trailing `/` (usually empty), put before each request path.
+    path_prefix: String,
 }
 
 impl Target {
@@ -46,8 +52,22 @@ impl Target {
                  (127.0.0.0/8, [::1] or localhost)"
             );
         }
+        let addrs: Vec<SocketAddr> = (literal, port)
+            .to_socket_addrs()
+            .with_context(|| format!("cannot resolve {host}"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("target {text:?}: {host} resolves to no address");
+        }
+        let authority = match url.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
         Ok(Target {
             base: url.as_str().trim_end_matches('/').to_string(),
+            addrs,
+            authority,
+            path_prefix: url.path().trim_end_matches('/').to_string(),
         })
     }
 
@@ -57,6 +77,21 @@ impl Target {
     }
 
     /// The URL of `path` (which starts with `/`) under the base.
+    /// The addresses to connect to.
+    pub fn socket_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// `host[:port]`, the `Host` header's value.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The request target (origin form) of `path` on this base URL.
+    pub fn request_path(&self, path: &str) -> String {
+        format!("{}{path}", self.path_prefix)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -52,6 +52,12 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The documented paths (`/v1/orders/{id}/pay`, ...), for the tests of the route labels.
+#[cfg(test)]
+pub(crate) fn documented_paths() -> Vec<String> {
+    ApiDoc::openapi().paths.paths.keys().cloned().collect()
+}
+
 /// The document as JSON, rendered once per process.
 fn document() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();

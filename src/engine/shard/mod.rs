@@ -56,6 +56,8 @@ pub(crate) struct ShardLimits {
     pub(crate) waiting_max: usize,
     pub(crate) batch_size_max: usize,
     pub(crate) flush_interval: Duration,
+    /// Wait `flush_interval` only below this many queued snapshots.
+    pub(crate) linger_batch_below: usize,
     /// How often the lease is renewed (and, while another node holds it, asked for again).
     pub(crate) lease_renew_interval: Duration,
     /// Arbiter threads the shards are spread over.
@@ -76,6 +78,7 @@ impl ShardLimits {
             waiting_max: settings.engine.waiting_commands_max,
             batch_size_max: settings.commit.batch_size_max,
             flush_interval: Duration::from_micros(settings.commit.flush_interval_us),
+            linger_batch_below: settings.commit.linger_batch_below,
             lease_renew_interval: Duration::from_millis(
                 settings.cluster.effective_renew_interval_ms(),
             ),
