@@ -16,7 +16,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -27,6 +27,10 @@ use crate::target::Target;
 const HEADERS_MAX: usize = 32;
 /// Read buffer growth step.
 const READ_CHUNK: usize = 16 * 1024;
+/// An idle connection older than this is closed rather than reused: servers close idle
+/// connections after a keep-alive timeout (actix-web's default is 5 s), and a request sent on
+/// one the server is closing has to be sent again.
+const IDLE_REUSE_MAX: Duration = Duration::from_secs(2);
 
 /// A complete answer.
 #[derive(Debug)]
@@ -84,6 +88,8 @@ pub(crate) struct Client {
 struct Connection {
     stream: TcpStream,
     buf: Vec<u8>,
+    /// When it was last put back in the pool.
+    idle_since: Instant,
 }
 
 /// How an exchange on one connection ended without an answer.
@@ -168,9 +174,11 @@ impl Client {
     }
 
     async fn exchange(&self, message: &[u8], head_only: bool) -> Result<Response, Error> {
-        // One retry, for a kept-alive connection the server closed while it was idle.
-        for _ in 0..2 {
-            let (mut connection, reused) = match self.checkout() {
+        // One retry, on a new connection, for a kept-alive one the server closed while it was
+        // idle.
+        for attempt in 0..2 {
+            let pooled = if attempt == 0 { self.checkout() } else { None };
+            let (mut connection, reused) = match pooled {
                 Some(connection) => (connection, true),
                 None => (self.connect().await?, false),
             };
@@ -199,10 +207,19 @@ impl Client {
     }
 
     fn checkout(&self) -> Option<Connection> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(connection) = idle.pop() {
+            if connection.idle_since.elapsed() <= IDLE_REUSE_MAX {
+                return Some(connection);
+            }
+            // The most recently used connections are on top, so everything below is older.
+            idle.clear();
+        }
+        None
     }
 
-    fn checkin(&self, connection: Connection) {
+    fn checkin(&self, mut connection: Connection) {
+        connection.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         if idle.len() < self.idle_max {
             idle.push(connection);
@@ -221,6 +238,7 @@ impl Client {
         Ok(Connection {
             stream,
             buf: Vec::with_capacity(READ_CHUNK),
+            idle_since: Instant::now(),
         })
     }
 }
