@@ -288,6 +288,10 @@ pub struct IngestSettings {
     pub batch_size: usize,
     /// XREADGROUP BLOCK time.
     pub block_ms: u64,
+    /// After a read of new entries that filled less than half a batch, wait this long before
+    /// the next read, so that it takes more at once (0: read again at once). Every placement
+    /// of a read shares the engine's commit writes, whose cost is per shard and per call.
+    pub linger_ms: u64,
     /// Entries pending longer than this on a dead consumer are reclaimed (XAUTOCLAIM).
     pub claim_idle_ms: u64,
     /// Stream that receives rejected entries with their reason.

@@ -713,6 +713,9 @@ pub const INGEST_ACKNOWLEDGED_TOTAL: &str = "orderly_ingest_entries_acknowledged
 pub const INGEST_LAG: &str = "orderly_ingest_consumer_lag_entries";
 /// Time to handle one batch of stream entries: placement, dead letters and acknowledgement.
 pub const INGEST_BATCH_SECONDS: &str = "orderly_ingest_batch_duration_seconds";
+/// Reads of new entries that waited `[ingest] linger_ms` first (the read before filled less
+/// than half a batch).
+pub const INGEST_LINGERS_TOTAL: &str = "orderly_ingest_lingers_total";
 
 /// Registers the ingest metrics' descriptions with the installed recorder (called when a
 /// stream consumer starts; describing twice is harmless).
@@ -737,6 +740,11 @@ pub(crate) fn describe_ingest() {
         Unit::Count,
         "Redis Stream entries acknowledged by the ingest consumer."
     );
+    describe_counter!(
+        INGEST_LINGERS_TOTAL,
+        Unit::Count,
+        "Reads of new stream entries that waited `[ingest] linger_ms` for more entries first."
+    );
     describe_gauge!(
         INGEST_LAG,
         Unit::Count,
@@ -748,10 +756,16 @@ pub(crate) fn describe_ingest() {
     let _ = histogram!(INGEST_BATCH_SECONDS);
     counter!(INGEST_READ_TOTAL).increment(0);
     counter!(INGEST_ACKNOWLEDGED_TOTAL).increment(0);
+    counter!(INGEST_LINGERS_TOTAL).increment(0);
     gauge!(INGEST_LAG).increment(0.0);
 }
 
 /// Records the ingest consumer group's lag.
+/// A read of new stream entries waits `[ingest] linger_ms` first.
+pub(crate) fn record_ingest_linger() {
+    counter!(INGEST_LINGERS_TOTAL).increment(1);
+}
+
 pub(crate) fn record_ingest_lag(entries: u64) {
     gauge!(INGEST_LAG).set(entries as f64);
 }
@@ -1330,6 +1344,7 @@ pub const CATALOGUE: &[Family] = &[
     family(INGEST_ACKNOWLEDGED_TOTAL, Kind::Counter, &[], "stream entries acknowledged", true),
     family(INGEST_LAG, Kind::Gauge, &[], "entries of the ingest stream not yet delivered to the group", true),
     family(INGEST_BATCH_SECONDS, Kind::Histogram, &[], "time to place and acknowledge one batch of entries", true),
+    family(INGEST_LINGERS_TOTAL, Kind::Counter, &[], "reads of new entries that waited `[ingest] linger_ms` first (the read before filled less than half a batch)", true),
     // Payments.
     family(GATEWAY_CALLS_TOTAL, Kind::Counter, &["gateway", "operation", "outcome"], "gateway calls: charge, query, reverse, refund", true),
     family(GATEWAY_CALL_SECONDS, Kind::Histogram, &["gateway", "operation"], "latency of one gateway call (one try)", true),

@@ -469,6 +469,42 @@ async fn an_idempotency_key_places_one_order_and_refuses_a_different_payload() {
     engine.stop();
 }
 
+/// After a read that filled less than half a batch, the consumer waits `linger_ms` before
+/// reading again, so entries that trickle in meanwhile are placed as one batch; with no
+/// linger, each trickle is a batch of its own.
+#[actix_rt::test]
+async fn entries_that_trickle_in_during_the_linger_are_read_as_one_batch() {
+    let redis = RedisServer::start();
+    for (linger_ms, batches_for_three_trickles) in [(900, 1), (0, 3)] {
+        let mut settings = settings_for(&redis.url(), &format!("consumer-linger-{linger_ms}"));
+        settings.ingest.linger_ms = linger_ms;
+        let engine = start_engine(&settings).await;
+        let handle = start_consumer(&engine, &settings).await;
+        let base = (linger_ms as usize + 1) * 10;
+        let done_before = handle.stats().acknowledged();
+        // A small first read: the next one lingers (when `linger_ms` > 0).
+        xadd_orders(&redis, &[order_json(base)]);
+        wait_until_drained(&redis, &handle, done_before + 1).await;
+        let batches_before = handle.stats().batches;
+        for trickle in 0..3 {
+            let orders: Vec<String> = (0..4)
+                .map(|i| order_json(base + 1 + trickle * 4 + i))
+                .collect();
+            xadd_orders(&redis, &orders);
+            // Far less than the linger, far more than a read and a placement take here.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        wait_until_drained(&redis, &handle, done_before + 13).await;
+        let stats = stop(handle).await;
+        assert_eq!(
+            stats.batches - batches_before,
+            batches_for_three_trickles,
+            "linger_ms = {linger_ms}: {stats:?}"
+        );
+        engine.stop();
+    }
+}
+
 /// A child process that is killed when the test ends, however it ends.
 struct KillOnDrop(Child);
 

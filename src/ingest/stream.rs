@@ -6,7 +6,10 @@
 //!    the same consumer name, or left by this one after a retryable failure;
 //! 2. entries pending longer than `claim_idle_ms` on any consumer (`XAUTOCLAIM`): those of a
 //!    consumer that died; a scan runs at start and then every few seconds;
-//! 3. new entries (`XREADGROUP … >`, blocking at most `block_ms`).
+//! 3. new entries (`XREADGROUP … >`, blocking at most `block_ms`). After a read of new entries
+//!    that filled less than half a batch, the next one waits `linger_ms` first: a placement's
+//!    share of the engine's commit write (its cost to Redis is per shard written and per
+//!    call) shrinks as the batch grows, so a few milliseconds of latency buy capacity.
 //!
 //! The batch goes to the engine in one `execute_batch` call with [`Admission::Wait`], and the
 //! next batch is read only after it has been answered, so a saturated engine slows the reading
@@ -39,6 +42,8 @@ const BATCH_SIZE_MAX: usize = 10_000;
 /// Largest accepted `ingest.block_ms`: a stop request waits at most this long on a quiet
 /// stream when the read cannot be abandoned.
 const BLOCK_MS_MAX: u64 = 60_000;
+/// Largest accepted `ingest.linger_ms`: it adds to the latency of every placement at low rates.
+const LINGER_MS_MAX: u64 = 1_000;
 /// How often the consumer group's lag is read.
 const LAG_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Budget of one non-blocking Redis call (XACK, XADD, XAUTOCLAIM, XGROUP).
@@ -77,6 +82,9 @@ pub struct StreamConsumer {
     dead_letter_stream: String,
     batch_size: usize,
     block_ms: u64,
+    linger: Duration,
+    /// Whether the last read of new entries filled less than half a batch.
+    last_read_small: bool,
     claim_idle_ms: u64,
     reclaim_interval: Duration,
     stop: watch::Receiver<bool>,
@@ -139,6 +147,9 @@ fn validate(settings: &IngestSettings) -> Result<(), IngestError> {
     // BLOCK 0 would block forever, and then the loop could never notice a stop request.
     if settings.block_ms == 0 || settings.block_ms > BLOCK_MS_MAX {
         return Err(invalid("block_ms", format!("must be 1..={BLOCK_MS_MAX}")));
+    }
+    if settings.linger_ms > LINGER_MS_MAX {
+        return Err(invalid("linger_ms", format!("must be 0..={LINGER_MS_MAX}")));
     }
     if settings.claim_idle_ms == 0 {
         return Err(invalid("claim_idle_ms", "must be at least 1"));
@@ -260,6 +271,8 @@ impl StreamConsumer {
             dead_letter_stream: settings.dead_letter_stream.clone(),
             batch_size: settings.batch_size,
             block_ms: settings.block_ms,
+            linger: Duration::from_millis(settings.linger_ms),
+            last_read_small: false,
             claim_idle_ms: settings.claim_idle_ms,
             reclaim_interval,
             stop: stop_rx,
@@ -342,8 +355,18 @@ impl StreamConsumer {
             }
             entries
         } else {
+            if self.last_read_small && !self.linger.is_zero() {
+                telemetry::record_ingest_linger();
+                tokio::select! {
+                    _ = tokio::time::sleep(self.linger) => {}
+                    _ = stop_requested(&mut self.stop) => return Ok(false),
+                }
+            }
             match self.read_new().await? {
-                Some(entries) => entries,
+                Some(entries) => {
+                    self.last_read_small = entries.len() < self.batch_size.div_ceil(2);
+                    entries
+                }
                 None => return Ok(false),
             }
         };
@@ -694,6 +717,17 @@ mod tests {
         let mut s = settings();
         s.consumer.clear();
         assert!(validate(&s).is_err());
+        let mut s = settings();
+        s.linger_ms = LINGER_MS_MAX + 1;
+        assert!(matches!(
+            validate(&s),
+            Err(IngestError::InvalidSettings {
+                field: "linger_ms",
+                ..
+            })
+        ));
+        s.linger_ms = 0;
+        assert!(validate(&s).is_ok());
     }
 
     #[test]
