@@ -311,7 +311,8 @@ def main() -> int:
 
     # -- parts
     bad = [(p, part_note(parts, p)) for p in
-           ["redis-benchmark", "lifecycle", "bulk-ingest", "stream-ingest", "flaky-gateways", "compare"]]
+           ["redis-benchmark", "lifecycle", "bulk-ingest", "stream-ingest", "flaky-gateways", "soak",
+            "compare"]]
     bad = [(p, n) for p, n in bad if n]
     if bad:
         w("## Parts that did not run or failed")
@@ -452,6 +453,45 @@ def main() -> int:
             w(f"| server payment retries | {fmt_int(server.get('payment_retries'))} |")
         if server.get("orders_placed") is not None:
             w(f"| server orders placed | {fmt_int(server.get('orders_placed'))} |")
+
+    # -- soak
+    soak = load_json(raw / "soak.json")
+    if soak is not None or "soak" in (cond.get("parts") or []):
+        w("")
+        w("## soak")
+        w("")
+    if soak is None and "soak" in (cond.get("parts") or []):
+        w(f"No report: {md_escape(part_note(parts, 'soak') or 'missing soak.json')}.")
+    elif soak is not None:
+        sc = cond.get("soak") or {}
+        samples = [x for x in soak.get("samples") or [] if x.get("rss_bytes") is not None]
+        lat = (soak.get("latency_ms") or {}).get("flow") or {}
+        stages = soak.get("stages") or []
+        rate = stages[0].get("rate_per_sec") if stages else soak.get("target_rate_per_sec")
+        w(f"`orderly-load run --scenario soak` against `orderly serve` with "
+          f"`ORDERLY__ENGINE__IDLE_TIMEOUT_MS={sc.get('idle_timeout_ms', '?')}` and "
+          f"`ORDERLY__PAYMENTS__SIMULATED_LEDGER_RETENTION_MS={sc.get('ledger_retention_ms', '?')}` "
+          f"(memory windows shorter than the soak): {fmt_int(rate)} lifecycles/s, the server's RSS "
+          "and the client's p99 sampled every minute.")
+        w("")
+        warm = [x for x in samples if x.get("at_s", 0) >= 119]
+        if warm and len(samples) >= 2:
+            base, end = warm[0], samples[-1]
+            change = (end["rss_bytes"] / base["rss_bytes"] - 1) * 100
+            verdict = "within ±10%" if abs(change) <= 10 else "**outside ±10%**"
+            w(f"RSS after the warm-up ({base['at_s']:.0f} s) {base['rss_bytes'] / 1e6:.1f} MB, at the end "
+              f"({end['at_s']:.0f} s) {end['rss_bytes'] / 1e6:.1f} MB: **{change:+.1f}%**, {verdict}. "
+              f"Flow p99 over the run {fmt_ms(lat.get('p99'))}, max {fmt_ms(lat.get('max'))}; "
+              f"requests failed: {fmt_int(soak.get('error_count'))}.")
+            w("")
+        if samples:
+            w("| at | server RSS | p99 of the minute |")
+            w("|---:|---:|---:|")
+            for x in samples:
+                w(f"| {x['at_s']:.0f} s | {x['rss_bytes'] / 1e6:.1f} MB | {fmt_ms(x.get('p99_ms'))} |")
+        if (raw / "soak.svg").exists():
+            w("")
+            w(f"![soak: throughput and p50/p99 over time]({name}/soak.svg)")
 
     # -- compare
     w("")

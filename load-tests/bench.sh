@@ -3,6 +3,8 @@
 # beside it in the same run. See load-tests/reports/README.md.
 #
 #   load-tests/bench.sh                                   # the full run, ~20-30 min
+#   BENCH_SOAK=1 load-tests/bench.sh                      # and the 12-minute soak, ~35-45 min
+#   BENCH_PARTS=soak load-tests/bench.sh                  # only the listed parts (no README update)
 #   BENCH_QUICK=1 BENCH_SKIP_COMPARE=1 load-tests/bench.sh # a tiny run to check the script
 #
 # It builds release, then runs each part against servers of its own on loopback (a fresh
@@ -42,6 +44,25 @@ COMPARE_ORDERS=${BENCH_COMPARE_ORDERS:-$d_orders}
 SKIP_COMPARE=${BENCH_SKIP_COMPARE:-0}
 REDIS_BENCH_N=${BENCH_REDIS_BENCH_N:-$d_redis_n}
 COMPARE_SH=../shared/baselines/compare.sh
+# The soak: lifecycles at the scenario's steady rate, with the server's memory windows (idle
+# order actors, the simulated gateways' books) shorter than the soak so that steady state is
+# reached within the 2-minute warm-up.
+SOAK=${BENCH_SOAK:-0}
+SOAK_IDLE_MS=${BENCH_SOAK_IDLE_MS:-60000}
+SOAK_RETENTION_MS=${BENCH_SOAK_RETENTION_MS:-60000}
+STANDARD_PARTS="redis-benchmark lifecycle bulk-ingest stream-ingest flaky-gateways compare"
+PARTS=${BENCH_PARTS:-$STANDARD_PARTS}
+[ "$SOAK" = 1 ] && [ -z "${BENCH_PARTS:-}" ] && PARTS="$PARTS soak"
+for part in $PARTS; do
+  case " $STANDARD_PARTS soak " in
+    *" $part "*) ;;
+    *) echo "bench.sh: BENCH_PARTS: unknown part '$part' (parts: $STANDARD_PARTS soak)" >&2; exit 2 ;;
+  esac
+done
+want() { case " $PARTS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+PARTIAL=0
+for part in $STANDARD_PARTS; do want "$part" || PARTIAL=1; done
+if [ "$PARTIAL" = 1 ]; then README_UPDATE=${BENCH_README:-0}; fi
 
 for tool in cargo python3 redis-server redis-cli redis-benchmark curl git timeout; do
   command -v "$tool" >/dev/null || { echo "bench.sh: $tool is not installed" >&2; exit 2; }
@@ -54,6 +75,7 @@ DIRTY=false
 if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then DIRTY=true; COMMIT="$COMMIT-dirty"; fi
 NAME="$DATE-$COMMIT"
 [ "$QUICK" = 1 ] && NAME="$NAME-quick"
+[ "$PARTIAL" = 1 ] && NAME="$NAME-$(echo "$PARTS" | tr ' ' '+')"
 REPORTS=load-tests/reports
 RAW="$REPORTS/$NAME"
 REPORT="$REPORTS/$NAME.md"
@@ -344,6 +366,37 @@ part_flaky() {
   [ -s "$RAW/logs/flaky.err" ] || rm -f "$RAW/logs/flaky.err"
 }
 
+part_soak() {
+  local scenario=load-tests/scenarios/soak.toml budget rc=0
+  if [ "$QUICK" = 1 ]; then
+    # A tiny soak to check the script: 8 s at the same rate, sampled every 2 s.
+    scenario="$WORK/soak-quick.toml"
+    python3 - load-tests/scenarios/soak.toml "$scenario" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+text = re.sub(r'(?m)^duration = .*$', 'duration = "8s"', text)
+text = re.sub(r'(?m)^sample_interval = .*$', 'sample_interval = "2s"', text)
+open(sys.argv[2], "w").write(text)
+PY
+  fi
+  fresh_redis
+  start_serve ORDERLY__ENGINE__IDLE_TIMEOUT_MS="$SOAK_IDLE_MS" \
+    ORDERLY__PAYMENTS__SIMULATED_LEDGER_RETENTION_MS="$SOAK_RETENTION_MS"
+  budget=$(python3 -c 'import re,sys,tomllib
+d=tomllib.load(open(sys.argv[1],"rb"))
+u={"ms":0.001,"s":1,"m":60,"h":3600}
+t=0
+for st in d["stages"]:
+    m=re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)", st["duration"]); t+=float(m[1])*u[m[2]]
+print(int(t)+180)' "$scenario")
+  run_bounded "$budget" "$WORK/soak.out" "$RAW/logs/soak.err" \
+    "$LOAD" run --target "$SERVE_URL" --scenario "$scenario" --report "$RAW/soak.json" \
+    --report-md "$RAW/soak.md" --plot "$RAW/soak.svg" --quiet || rc=$?
+  [ "$rc" = 0 ] || fail "orderly-load run exited $rc: $(tail -n 3 "$RAW/logs/soak.err" | tr '\n' ' ')"
+  check_json "$RAW/soak.json"
+  [ -s "$RAW/logs/soak.err" ] || rm -f "$RAW/logs/soak.err"
+}
+
 part_compare() {
   local rc=0
   # shellcheck disable=SC2016 # $1.. expand in the inner shell
@@ -389,18 +442,30 @@ json.dump({
     "bulk_lines": int("$bulk_lines"),
     "flaky": {"rate": $FLAKY_RATE, "duration": "$FLAKY_DURATION"},
     "compare": {"rounds": $COMPARE_ROUNDS, "orders": $COMPARE_ORDERS, "skipped": "$SKIP_COMPARE" == "1"},
+    "parts": "$PARTS".split(),
+    "soak": {"idle_timeout_ms": $SOAK_IDLE_MS, "ledger_retention_ms": $SOAK_RETENTION_MS},
     "redis_benchmark": {"requests": $REDIS_BENCH_N, "pipeline": 64},
     "orderly_env": {k: v for k, v in os.environ.items() if k.startswith("ORDERLY__")},
 }, open(sys.argv[1], "w"), indent=2)
 PY
 
 # ---------------------------------------------------------------- run
-run_part redis-benchmark part_redis_benchmark
-run_part lifecycle part_knee lifecycle "$LIFECYCLE_START" "$LIFECYCLE_STEP" "$LIFECYCLE_MAX_STEPS"
-run_part bulk-ingest part_knee bulk-ingest "$BULK_START" "$BULK_STEP" "$BULK_MAX_STEPS"
-run_part stream-ingest part_knee stream-ingest "$STREAM_START" "$STREAM_STEP" "$STREAM_MAX_STEPS" stream
-run_part flaky-gateways part_flaky
-if [ "$SKIP_COMPARE" = 1 ]; then
+skip() { record "$1" skipped "not in BENCH_PARTS"; }
+if want redis-benchmark; then run_part redis-benchmark part_redis_benchmark; else skip redis-benchmark; fi
+if want lifecycle; then
+  run_part lifecycle part_knee lifecycle "$LIFECYCLE_START" "$LIFECYCLE_STEP" "$LIFECYCLE_MAX_STEPS"
+else skip lifecycle; fi
+if want bulk-ingest; then
+  run_part bulk-ingest part_knee bulk-ingest "$BULK_START" "$BULK_STEP" "$BULK_MAX_STEPS"
+else skip bulk-ingest; fi
+if want stream-ingest; then
+  run_part stream-ingest part_knee stream-ingest "$STREAM_START" "$STREAM_STEP" "$STREAM_MAX_STEPS" stream
+else skip stream-ingest; fi
+if want flaky-gateways; then run_part flaky-gateways part_flaky; else skip flaky-gateways; fi
+if want soak; then run_part soak part_soak; fi
+if ! want compare; then
+  skip compare
+elif [ "$SKIP_COMPARE" = 1 ]; then
   record compare skipped "BENCH_SKIP_COMPARE=1"
 elif [ ! -f "$COMPARE_SH" ]; then
   record compare "not available" "$COMPARE_SH does not exist"

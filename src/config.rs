@@ -10,6 +10,9 @@ use serde::Deserialize;
 /// The embedded default configuration (memory store, simulated gateways).
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
+/// Longest `[payments] simulated_ledger_retention_ms`: one day.
+pub const MAX_LEDGER_RETENTION_MS: u64 = 86_400_000;
+
 /// Why settings could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -87,6 +90,10 @@ pub struct PaymentSettings {
     pub breaker: BreakerSettings,
     /// Named fault profiles of the simulated gateways (`healthy`, `flaky`, `outage`, `slow`).
     pub fault_profiles: BTreeMap<String, FaultProfile>,
+    /// How long a simulated gateway keeps a charge, reversal or refund record after its last
+    /// use (at most twice that); at least `attempt_timeout_ms` + `sync.window_ms`, so every
+    /// attempt that can still be queried is on its books.
+    pub simulated_ledger_retention_ms: u64,
 }
 
 /// Which gateway serves each payment method.
@@ -861,6 +868,21 @@ impl Settings {
         if payments.attempt_timeout_ms == 0 {
             return invalid("payments.attempt_timeout_ms".into(), "must be at least 1");
         }
+        let queryable_ms = payments
+            .attempt_timeout_ms
+            .saturating_add(payments.sync.window_ms);
+        if payments.simulated_ledger_retention_ms < queryable_ms
+            || payments.simulated_ledger_retention_ms > MAX_LEDGER_RETENTION_MS
+        {
+            return invalid(
+                "payments.simulated_ledger_retention_ms".into(),
+                &format!(
+                    "must be {queryable_ms}..={MAX_LEDGER_RETENTION_MS} (at least \
+                     payments.attempt_timeout_ms + payments.sync.window_ms, so every attempt \
+                     that can still be queried is on the books)"
+                ),
+            );
+        }
         let retry = &payments.retry;
         if retry.attempts_max == 0 || retry.attempts_max > 100 {
             return invalid("payments.retry.attempts_max".into(), "must be 1..=100");
@@ -1064,6 +1086,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("gateways.http.base_url"), "{err}");
+    }
+
+    #[test]
+    fn the_simulated_ledger_outlasts_every_queryable_attempt() {
+        let key = "ORDERLY__PAYMENTS__SIMULATED_LEDGER_RETENTION_MS";
+        // attempt_timeout_ms 2000 + sync.window_ms 30000 by default.
+        for bad in ["31999", "0", "86400001"] {
+            let err = Settings::load(None, env(&[(key, bad)])).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("payments.simulated_ledger_retention_ms") && text.contains("32000"),
+                "{bad}: {text}"
+            );
+        }
+        let settings = Settings::load(None, env(&[(key, "32000")])).unwrap();
+        assert_eq!(settings.payments.simulated_ledger_retention_ms, 32_000);
     }
 
     #[test]

@@ -811,6 +811,11 @@ pub const GATEWAY_BREAKER_TRANSITIONS_TOTAL: &str = "orderly_gateway_breaker_tra
 pub const GATEWAY_OPERATIONS: [&str; 4] = ["charge", "query", "reverse", "refund"];
 /// Latency of one gateway call (one try), by `gateway` and `operation`.
 pub const GATEWAY_CALL_SECONDS: &str = "orderly_gateway_call_duration_seconds";
+/// Records on a simulated gateway's books, by `gateway`.
+pub const SIMULATED_LEDGER_RECORDS: &str = "orderly_simulated_gateway_records";
+/// Records a simulated gateway dropped past `[payments] simulated_ledger_retention_ms`, by
+/// `gateway`.
+pub const SIMULATED_LEDGER_EVICTED_TOTAL: &str = "orderly_simulated_gateway_evicted_total";
 /// Orders with a live payment attempt or refund resumed when a shard started.
 pub const PAYMENTS_RESUMED_TOTAL: &str = "orderly_payments_resumed_total";
 
@@ -873,6 +878,20 @@ pub(crate) fn describe_payments() {
         PAYMENTS_RESUMED_TOTAL,
         Unit::Count,
         "Orders with a live payment attempt or refund resumed when a shard started."
+    );
+}
+
+/// Registers the simulated gateways' ledger metrics' descriptions.
+pub(crate) fn describe_simulated_ledger() {
+    describe_gauge!(
+        SIMULATED_LEDGER_RECORDS,
+        Unit::Count,
+        "Records on a simulated gateway's books (charges, reversal blocks, refunds), by gateway."
+    );
+    describe_counter!(
+        SIMULATED_LEDGER_EVICTED_TOTAL,
+        Unit::Count,
+        "Records a simulated gateway dropped past payments.simulated_ledger_retention_ms, by gateway."
     );
 }
 
@@ -1357,6 +1376,8 @@ pub const CATALOGUE: &[Family] = &[
     family(GATEWAY_BREAKER_STATE, Kind::Gauge, &["gateway"], "circuit breaker: 0 closed, 1 half-open, 2 open", true),
     family(GATEWAY_BREAKER_TRANSITIONS_TOTAL, Kind::Counter, &["gateway", "to"], "breaker transitions", true),
     family(PAYMENTS_RESUMED_TOTAL, Kind::Counter, &[], "orders with live gateway work resumed by a payment check", true),
+    family(SIMULATED_LEDGER_RECORDS, Kind::Gauge, &["gateway"], "records on a simulated gateway's books (kept `[payments] simulated_ledger_retention_ms` after last use, at most twice that)", true),
+    family(SIMULATED_LEDGER_EVICTED_TOTAL, Kind::Counter, &["gateway"], "records a simulated gateway dropped past its retention", true),
     // Timers.
     family(TIMERS_FIRED_TOTAL, Kind::Counter, &["timer", "outcome"], "durable timers fired / refused", true),
     family(TIMER_LAG_SECONDS, Kind::Histogram, &["timer"], "lag from a timer's due time to its firing", true),

@@ -164,7 +164,11 @@ fn build_port(settings: &Settings, name: &str) -> Arc<dyn Gateway> {
                 .get(profile_name)
                 .cloned()
                 .unwrap_or_default();
-            Arc::new(simulated::SimulatedGateway::new(profile))
+            Arc::new(simulated::SimulatedGateway::with_ledger(
+                name,
+                profile,
+                settings.payments.simulated_ledger_retention_ms,
+            ))
         }
     }
 }

@@ -6,7 +6,13 @@
 //! external service.
 //!
 //! It keeps a record of every key it saw (about 60 bytes each), which is what lets it answer
-//! queries and count double charges on its own side.
+//! queries and count double charges on its own side. Records are kept for
+//! `[payments] simulated_ledger_retention_ms` after their last use, and at most twice that (two
+//! generations: the current one and the one before, which is dropped when the current one is
+//! retention old), so a long-running `orderly serve` holds about rate × 2 × retention records
+//! instead of every key since start. The retention is validated to outlast every attempt that
+//! can still be queried (`attempt_timeout_ms` + `sync.window_ms`); a refund of a charge older
+//! than it is refused as `no such charge`, as a real provider refuses a refund past its window.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -45,11 +51,139 @@ struct ChargeRecord {
     lands_at_ms: u64,
 }
 
+/// One generation of records.
 #[derive(Default)]
-struct Books {
+struct Generation {
     charges: HashMap<Key, ChargeRecord, ahash::RandomState>,
     refunds: HashMap<Key, i64, ahash::RandomState>,
+}
+
+impl Generation {
+    fn len(&self) -> usize {
+        self.charges.len() + self.refunds.len()
+    }
+
+    /// Orders with a captured charge in this generation, each once per captured record.
+    fn captured_orders(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.charges
+            .iter()
+            .filter(|(_, r)| r.status == ChargeStatus::Captured)
+            .map(|(k, _)| (k.0, k.1))
+    }
+}
+
+/// Orders with more than one captured record in `orders` (any order).
+fn doubled(mut orders: Vec<(u64, u64)>) -> u64 {
+    orders.sort_unstable();
+    let mut doubled = 0;
+    let mut run = 0;
+    for (i, order) in orders.iter().enumerate() {
+        run = if i > 0 && orders[i - 1] == *order {
+            run + 1
+        } else {
+            1
+        };
+        if run == 2 {
+            doubled += 1;
+        }
+    }
+    doubled
+}
+
+/// The books: two generations of records (a record used in the older one moves to the
+/// current one), and the totals, which outlive eviction.
+struct Books {
+    current: Generation,
+    previous: Generation,
+    rotated_at_ms: u64,
     audit: GatewayAudit,
+    /// Double charges counted when the older of their records was evicted.
+    evicted_double_charges: u64,
+}
+
+impl Books {
+    fn new() -> Books {
+        Books {
+            current: Generation::default(),
+            previous: Generation::default(),
+            rotated_at_ms: 0,
+            audit: GatewayAudit::default(),
+            evicted_double_charges: 0,
+        }
+    }
+
+    /// Drops the older generation once the current one is `retention_ms` old, both once it
+    /// is twice that; returns the records evicted. Double charges among the evicted records
+    /// (with the records still kept) are counted first, so the audit never forgets one.
+    fn rotate(&mut self, now_ms: u64, retention_ms: u64) -> u64 {
+        let age = now_ms.saturating_sub(self.rotated_at_ms);
+        if age < retention_ms {
+            return 0;
+        }
+        let mut evicted = self.evict_previous(now_ms);
+        std::mem::swap(&mut self.current, &mut self.previous);
+        if age >= retention_ms.saturating_mul(2) {
+            evicted += self.evict_previous(now_ms);
+        }
+        self.rotated_at_ms = now_ms;
+        evicted
+    }
+
+    fn evict_previous(&mut self, now_ms: u64) -> u64 {
+        let evicted = self.previous.len() as u64;
+        if evicted == 0 {
+            return 0;
+        }
+        for generation in [&mut self.current, &mut self.previous] {
+            for record in generation.charges.values_mut() {
+                SimulatedGateway::settle(record, now_ms);
+            }
+        }
+        let mut leaving: Vec<(u64, u64)> = self.previous.captured_orders().collect();
+        if !leaving.is_empty() {
+            let ids: std::collections::HashSet<(u64, u64), ahash::RandomState> =
+                leaving.iter().copied().collect();
+            leaving.extend(self.current.captured_orders().filter(|o| ids.contains(o)));
+            self.evicted_double_charges += doubled(leaving);
+        }
+        // `clear` keeps the tables' capacity: the next generation fills them again without
+        // reallocating, so memory stays flat under steady load.
+        self.previous.charges.clear();
+        self.previous.refunds.clear();
+        evicted
+    }
+
+    /// The charge record of `key`, moved to the current generation if it was in the older.
+    fn charge_mut(&mut self, key: &Key) -> Option<&mut ChargeRecord> {
+        if !self.current.charges.contains_key(key) {
+            let record = self.previous.charges.remove(key)?;
+            self.current.charges.insert(*key, record);
+        }
+        self.current.charges.get_mut(key)
+    }
+
+    fn has_refund(&mut self, key: &Key) -> bool {
+        if self.current.refunds.contains_key(key) {
+            return true;
+        }
+        match self.previous.refunds.remove(key) {
+            Some(amount) => {
+                self.current.refunds.insert(*key, amount);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+}
+
+/// The ledger's metric handles.
+struct LedgerMetrics {
+    records: metrics::Gauge,
+    evicted: metrics::Counter,
 }
 
 /// One simulated gateway.
@@ -57,7 +191,12 @@ pub struct SimulatedGateway {
     profile: FaultProfile,
     books: Mutex<Books>,
     origin: Instant,
+    retention_ms: u64,
+    metrics: LedgerMetrics,
 }
+
+/// How long a simulated gateway keeps a record after its last use when none is configured.
+pub const DEFAULT_LEDGER_RETENTION_MS: u64 = 600_000;
 
 /// What one draw of the fault profile decided for a charge.
 enum ChargeFault {
@@ -85,13 +224,35 @@ fn parse_key(key: &str, refund: bool) -> Result<Key, GatewayError> {
 }
 
 impl SimulatedGateway {
-    /// A simulated gateway injecting the faults of `profile`.
+    /// A simulated gateway injecting the faults of `profile`, keeping records for the default
+    /// retention (metrics labelled `simulated`).
     pub fn new(profile: FaultProfile) -> SimulatedGateway {
+        SimulatedGateway::with_ledger("simulated", profile, DEFAULT_LEDGER_RETENTION_MS)
+    }
+
+    /// The simulated gateway `name` (the label of its ledger metrics), injecting the faults of
+    /// `profile` and keeping each record `retention_ms` after its last use (at least 1 ms).
+    pub fn with_ledger(name: &str, profile: FaultProfile, retention_ms: u64) -> SimulatedGateway {
+        crate::telemetry::describe_simulated_ledger();
+        let label = name.to_string();
+        let metrics = LedgerMetrics {
+            records: metrics::gauge!(crate::telemetry::SIMULATED_LEDGER_RECORDS, "gateway" => label.clone()),
+            evicted: metrics::counter!(crate::telemetry::SIMULATED_LEDGER_EVICTED_TOTAL, "gateway" => label),
+        };
+        metrics.records.set(0.0);
+        metrics.evicted.increment(0);
         SimulatedGateway {
             profile,
-            books: Mutex::new(Books::default()),
+            books: Mutex::new(Books::new()),
             origin: Instant::now(),
+            retention_ms: retention_ms.max(1),
+            metrics,
         }
+    }
+
+    /// Records on the books now (charges, reversal blocks and refunds).
+    pub fn ledger_len(&self) -> usize {
+        self.books().len()
     }
 
     fn now_ms(&self) -> u64 {
@@ -104,6 +265,17 @@ impl SimulatedGateway {
         self.books
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The books at `now_ms`, with records past their retention evicted first.
+    fn books_at(&self, now_ms: u64) -> std::sync::MutexGuard<'_, Books> {
+        let mut books = self.books();
+        let evicted = books.rotate(now_ms, self.retention_ms);
+        if evicted > 0 {
+            self.metrics.evicted.increment(evicted);
+            self.metrics.records.set(books.len() as f64);
+        }
+        books
     }
 
     fn latency(&self) -> Duration {
@@ -170,8 +342,8 @@ impl SimulatedGateway {
         let (hi, lo) = call.order_id.as_uuid().as_u64_pair();
         let key = (hi, lo, call.attempt_no);
         let now_ms = self.now_ms();
-        let mut books = self.books();
-        if let Some(record) = books.charges.get_mut(&key) {
+        let mut books = self.books_at(now_ms);
+        if let Some(record) = books.charge_mut(&key) {
             SimulatedGateway::settle(record, now_ms);
             let record = *record;
             books.audit.duplicates_refused += 1;
@@ -231,7 +403,8 @@ impl SimulatedGateway {
         if !matches!(record.status, ChargeStatus::Declined { .. }) {
             books.audit.charges += 1;
         }
-        books.charges.insert(key, record);
+        books.current.charges.insert(key, record);
+        self.metrics.records.set(books.len() as f64);
         reply
     }
 
@@ -241,8 +414,8 @@ impl SimulatedGateway {
         }
         let key = parse_key(key, false)?;
         let now_ms = self.now_ms();
-        let mut books = self.books();
-        let Some(record) = books.charges.get_mut(&key) else {
+        let mut books = self.books_at(now_ms);
+        let Some(record) = books.charge_mut(&key) else {
             return Ok(QueryReply::NotFound);
         };
         SimulatedGateway::settle(record, now_ms);
@@ -266,11 +439,11 @@ impl SimulatedGateway {
         }
         let key = parse_key(key, false)?;
         let now_ms = self.now_ms();
-        let mut books = self.books();
-        match books.charges.get_mut(&key) {
+        let mut books = self.books_at(now_ms);
+        match books.charge_mut(&key) {
             None => {
                 // Never arrived: block the key so a late arrival cannot charge it.
-                books.charges.insert(
+                books.current.charges.insert(
                     key,
                     ChargeRecord {
                         amount_minor: 0,
@@ -281,6 +454,7 @@ impl SimulatedGateway {
                     },
                 );
                 books.audit.reversals += 1;
+                self.metrics.records.set(books.len() as f64);
                 Ok(ReverseReply::Reversed)
             }
             Some(record) => {
@@ -317,11 +491,11 @@ impl SimulatedGateway {
         let refund_key = parse_key(&call.key, true).map_err(|e| (e, false))?;
         let charge_key = parse_key(&call.charge_key, false).map_err(|e| (e, false))?;
         let now_ms = self.now_ms();
-        let mut books = self.books();
-        if books.refunds.contains_key(&refund_key) {
+        let mut books = self.books_at(now_ms);
+        if books.has_refund(&refund_key) {
             return Ok(RefundReply::Refunded);
         }
-        let Some(record) = books.charges.get_mut(&charge_key) else {
+        let Some(record) = books.charge_mut(&charge_key) else {
             return Ok(RefundReply::Refused {
                 reason: "no such charge".into(),
             });
@@ -341,8 +515,9 @@ impl SimulatedGateway {
             });
         }
         record.refunded_minor += call.amount_minor;
-        books.refunds.insert(refund_key, call.amount_minor);
+        books.current.refunds.insert(refund_key, call.amount_minor);
         books.audit.refunds += 1;
+        self.metrics.records.set(books.len() as f64);
         if server_error {
             // Refunded, but the answer is a 5xx.
             return Err((GatewayError::Server(502), true));
@@ -351,34 +526,24 @@ impl SimulatedGateway {
     }
 
     /// The gateway's own books: charges, refused duplicates, refunds, reversals and double
-    /// charges (orders with more than one captured, unreversed charge).
+    /// charges (orders with more than one captured, unreversed charge; those whose records were
+    /// evicted were counted as they left).
     pub fn audit_now(&self) -> GatewayAudit {
         let now_ms = self.now_ms();
-        let mut books = self.books();
-        let mut captured: Vec<(u64, u64)> = Vec::new();
-        for (key, record) in books.charges.iter_mut() {
-            SimulatedGateway::settle(record, now_ms);
-            if record.status == ChargeStatus::Captured {
-                captured.push((key.0, key.1));
+        let mut books = self.books_at(now_ms);
+        let books = &mut *books;
+        for generation in [&mut books.current, &mut books.previous] {
+            for record in generation.charges.values_mut() {
+                SimulatedGateway::settle(record, now_ms);
             }
         }
-        captured.sort_unstable();
-        // Orders (not extra charges) with more than one capture: runs of equal ids longer
-        // than one.
-        let mut double_charges = 0;
-        let mut run = 0;
-        for (i, order) in captured.iter().enumerate() {
-            run = if i > 0 && captured[i - 1] == *order {
-                run + 1
-            } else {
-                1
-            };
-            if run == 2 {
-                double_charges += 1;
-            }
-        }
+        let captured: Vec<(u64, u64)> = books
+            .current
+            .captured_orders()
+            .chain(books.previous.captured_orders())
+            .collect();
         let mut audit = books.audit;
-        audit.double_charges = double_charges;
+        audit.double_charges = books.evicted_double_charges + doubled(captured);
         audit
     }
 
@@ -515,5 +680,57 @@ mod tests {
             RefundReply::Refused { .. }
         ));
         assert_eq!(gateway.audit_now().refunds, 1);
+    }
+
+    #[actix_rt::test]
+    async fn records_leave_after_their_retention_and_double_charges_stay_counted() {
+        let retention = Duration::from_millis(60);
+        let gateway = SimulatedGateway::with_ledger(
+            "retention-test",
+            FaultProfile::default(),
+            retention.as_millis() as u64,
+        );
+        let kept = OrderId::new();
+        let doubled = OrderId::new();
+        gateway.charge(call(kept, 1)).await.unwrap();
+        gateway.charge(call(doubled, 1)).await.unwrap();
+        gateway.charge(call(doubled, 2)).await.unwrap();
+        assert_eq!(gateway.ledger_len(), 3);
+        assert_eq!(gateway.audit_now().double_charges, 1);
+
+        // One retention later the records are in the older generation; using one moves it
+        // back to the current one.
+        tokio::time::sleep(retention + Duration::from_millis(10)).await;
+        assert!(matches!(
+            gateway.query(format!("{kept}:1")).await.unwrap(),
+            QueryReply::Captured { .. }
+        ));
+        // Another retention later the unused records are gone, the used one is kept...
+        tokio::time::sleep(retention + Duration::from_millis(10)).await;
+        let audit = gateway.audit_now();
+        assert_eq!(
+            gateway.ledger_len(),
+            1,
+            "only the record used since is kept"
+        );
+        assert_eq!(
+            gateway.charge(call(kept, 1)).await.unwrap(),
+            ChargeReply::Captured {
+                amount_minor: 1000,
+                currency: Currency::USD
+            },
+            "a kept record still refuses a second charge"
+        );
+        // ...and the double charge the evicted records held is still counted, once.
+        assert_eq!(audit.double_charges, 1);
+        assert_eq!(audit.charges, 3, "totals outlive eviction");
+        assert_eq!(
+            gateway.query(format!("{doubled}:1")).await.unwrap(),
+            QueryReply::NotFound
+        );
+        // Long idle: both generations go at once.
+        tokio::time::sleep(retention * 2 + Duration::from_millis(10)).await;
+        assert_eq!(gateway.audit_now().double_charges, 1);
+        assert_eq!(gateway.ledger_len(), 0);
     }
 }
