@@ -472,7 +472,7 @@ def main() -> int:
           f"`ORDERLY__ENGINE__IDLE_TIMEOUT_MS={sc.get('idle_timeout_ms', '?')}` and "
           f"`ORDERLY__PAYMENTS__SIMULATED_LEDGER_RETENTION_MS={sc.get('ledger_retention_ms', '?')}` "
           f"(memory windows shorter than the soak): {fmt_int(rate)} lifecycles/s, the server's RSS "
-          "and the client's p99 sampled every minute.")
+          "and the client's p99 sampled at each of the scenario's `sample_interval`.")
         w("")
         warm = [x for x in samples if x.get("at_s", 0) >= 119]
         if warm and len(samples) >= 2:

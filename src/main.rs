@@ -12,7 +12,23 @@ use orderly::cli::{admin, demo, events, inspect, serve, Cli, CliCommand, LogForm
 /// constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            // One line naming the cause chain, whatever RUST_BACKTRACE says: a bad setting is
+            // a message for the operator, not a crash report. Exit 2 for settings (like a
+            // usage error), 1 for everything else.
+            eprintln!("orderly: error: {error:#}");
+            let settings = error
+                .chain()
+                .any(|cause| cause.downcast_ref::<orderly::config::ConfigError>().is_some());
+            std::process::ExitCode::from(if settings { 2 } else { 1 })
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     // Never hand freed pages back to the OS: the engine's memory is bounded by its live set and
     // in-flight work, and re-faulting purged pages (zeroing 2 MiB huge pages, on a VM each a
     // host fault too) was a quarter of the demo's CPU profile. `MIMALLOC_PURGE_DELAY` still

@@ -16,6 +16,7 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use super::error::ApiError;
+use crate::domain::order::Object;
 use super::ApiState;
 
 /// Whether the request's `Content-Type` is `application/json` or an `application/*+json` type.
@@ -66,10 +67,12 @@ async fn read_limited(
     Ok(body)
 }
 
-/// Parses `bytes` as `T`, classifying failures into stable codes.
+/// Parses `bytes` as `T`, which must be a JSON object (an array is `invalid_field`, never read
+/// as a struct in sequence form), classifying failures into stable codes.
 pub(crate) fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let value: T = serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
+    let Object(value): Object<T> =
+        serde_path_to_error::deserialize(&mut deserializer).map_err(shape_error)?;
     // Trailing data after the document ("{}{}", "{} x") is a syntax error, not a second order.
     deserializer
         .end()
@@ -183,6 +186,25 @@ mod tests {
         let error =
             parse_json::<NewOrderRequest>(text.as_bytes()).expect_err("the body is invalid");
         (error.code(), error.field())
+    }
+
+    #[test]
+    fn arrays_are_not_objects() {
+        // The derived struct would read its fields in sequence form; the API takes objects.
+        let (code, field) = code_and_field("[]");
+        assert_eq!((code, field), ("invalid_field", None));
+        let (code, _) = code_and_field(r#"["c","USD","card",[["a",1,"1"]],{}]"#);
+        assert_eq!(code, "invalid_field");
+        let (code, field) = code_and_field(
+            r#"{"customer_id":"c","currency":"USD","payment_method":"card","items":[["a",1,"1"]]}"#,
+        );
+        assert_eq!(code, "invalid_field");
+        assert_eq!(field.as_deref(), Some("items[0]"));
+        let ok = parse_json::<NewOrderRequest>(
+            br#"{"customer_id":"c","currency":"USD","payment_method":"card","items":[{"sku":"a","quantity":1,"unit_price":"1"}]}"#,
+        )
+        .expect("an object is read");
+        assert_eq!(ok.items.len(), 1);
     }
 
     #[test]

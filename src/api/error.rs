@@ -74,9 +74,15 @@ pub enum ApiError {
     /// A write endpoint was called without a valid bearer token.
     #[error("a valid bearer token is required (Authorization: Bearer <key>)")]
     Unauthorized,
-    /// No route matches the path and method.
+    /// No route matches the path.
     #[error("no such endpoint")]
     RouteNotFound,
+    /// The path is a route, but not for this method.
+    #[error("method not allowed here; this path answers {allow}")]
+    MethodNotAllowed {
+        /// The methods the path answers (the `Allow` header).
+        allow: &'static str,
+    },
     /// The durable answer did not arrive within `request_timeout_ms`; the outcome is unknown.
     #[error("no durable answer within {0} ms; retry with the same Idempotency-Key")]
     Timeout(u64),
@@ -175,6 +181,7 @@ impl ApiError {
             ApiError::BodyUnreadable(_) => "body_unreadable",
             ApiError::Unauthorized => "unauthorized",
             ApiError::RouteNotFound => "not_found",
+            ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Timeout(_) => "request_timeout",
             ApiError::NotReady(_) => "store_unavailable",
             ApiError::MetricsUnavailable => "metrics_unavailable",
@@ -241,6 +248,7 @@ impl ResponseError for ApiError {
                 EngineError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             },
             ApiError::OrderNotFound(_) | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             ApiError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -260,6 +268,9 @@ impl ResponseError for ApiError {
         }
         if matches!(self, ApiError::Unauthorized) {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+        }
+        if let ApiError::MethodNotAllowed { allow } = self {
+            response.insert_header((header::ALLOW, *allow));
         }
         response.json(ErrorBody {
             error: self.detail(),

@@ -56,6 +56,24 @@ pub(crate) fn route_label(path: &str) -> &'static str {
     }
 }
 
+/// The methods the route with label `route` answers (its `Allow` header), or `None` for a path
+/// that matches no route. `every_documented_route_has_its_methods` keeps it in step with the
+/// OpenAPI document.
+pub(crate) fn allowed_methods(route: &str) -> Option<&'static str> {
+    match route {
+        "/" | "/healthz" | "/readyz" | "/metrics" | "/openapi.json" | "/v1/stats"
+        | "/v1/orders/{id}" => Some("GET"),
+        "/v1/orders"
+        | "/v1/orders/bulk"
+        | "/v1/orders/{id}/pay"
+        | "/v1/orders/{id}/ship"
+        | "/v1/orders/{id}/deliver"
+        | "/v1/orders/{id}/cancel"
+        | "/v1/orders/{id}/refund" => Some("POST"),
+        _ => None,
+    }
+}
+
 /// Checks the bearer token, runs the request, rewrites framework errors into the common JSON
 /// shape and records the request's metrics.
 pub(crate) async fn edge(
@@ -113,6 +131,29 @@ mod tests {
             assert_eq!(route_label(&sample), pattern, "{sample}");
         }
         assert_eq!(route_label("/"), "/");
+    }
+
+    #[test]
+    fn every_documented_route_has_its_methods() {
+        let document: serde_json::Value =
+            serde_json::from_str(super::super::openapi::document()).expect("the document");
+        let paths = document["paths"].as_object().expect("paths");
+        for (pattern, operations) in paths {
+            let mut methods: Vec<String> = operations
+                .as_object()
+                .expect("operations")
+                .keys()
+                .filter(|k| ["get", "post", "put", "patch", "delete"].contains(&k.as_str()))
+                .map(|k| k.to_ascii_uppercase())
+                .collect();
+            methods.sort();
+            assert_eq!(
+                allowed_methods(pattern),
+                Some(methods.join(", ").as_str()),
+                "{pattern}"
+            );
+        }
+        assert_eq!(allowed_methods(UNMATCHED_ROUTE), None);
     }
 
     #[test]

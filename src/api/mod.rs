@@ -179,6 +179,11 @@ impl Application {
     }
 }
 
-async fn route_not_found() -> Result<actix_web::HttpResponse, ApiError> {
-    Err(ApiError::RouteNotFound)
+/// A path no route matches is `404 not_found`; a known path with a method it does not answer is
+/// `405 method_not_allowed` with `Allow`.
+async fn route_not_found(req: actix_web::HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    match middleware::allowed_methods(middleware::route_label(req.path())) {
+        Some(allow) => Err(ApiError::MethodNotAllowed { allow }),
+        None => Err(ApiError::RouteNotFound),
+    }
 }

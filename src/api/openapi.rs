@@ -59,7 +59,7 @@ pub(crate) fn documented_paths() -> Vec<String> {
 }
 
 /// The document as JSON, rendered once per process.
-fn document() -> &'static str {
+pub(crate) fn document() -> &'static str {
     static JSON: OnceLock<String> = OnceLock::new();
     JSON.get_or_init(|| {
         ApiDoc::openapi()

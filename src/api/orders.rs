@@ -220,7 +220,10 @@ fn optional_text(value: Option<String>, field: &str) -> Result<Option<Box<str>>,
             field,
             format!("must be at most {MAX_TEXT_BYTES} bytes"),
         )),
-        Some(text) => Ok(Some(text.into_boxed_str())),
+        Some(text) => {
+            crate::domain::order::check_no_control(&text, field)?;
+            Ok(Some(text.into_boxed_str()))
+        }
     }
 }
 

@@ -163,10 +163,45 @@ pub struct NewOrderRequest {
     /// `card`, `alipay` or `wechat`.
     pub payment_method: String,
     /// At least one line.
+    #[serde(deserialize_with = "crate::domain::order::objects")]
     pub items: Vec<LineItemRequest>,
     /// Free-form string pairs kept with the order.
     #[serde(default)]
     pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// A JSON object read as `T`, never a JSON array: serde's derived structs also accept their
+/// fields in sequence form (`["c1","USD",…]`), which no client means and the API does not
+/// document, so a request body and each of its line items must be an object.
+#[derive(Debug)]
+pub struct Object<T>(pub T);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Object<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for ObjectVisitor<T> {
+            type Value = T;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<T, A::Error> {
+                T::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+        deserializer
+            .deserialize_map(ObjectVisitor(std::marker::PhantomData))
+            .map(Object)
+    }
+}
+
+/// A JSON array of objects as a `Vec<T>` (see [`Object`]).
+pub(crate) fn objects<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let items: Vec<Object<T>> = Deserialize::deserialize(deserializer)?;
+    Ok(items.into_iter().map(|Object(item)| item).collect())
 }
 
 /// A line item as the client sends it: decimal string price, integer quantity.
@@ -199,6 +234,23 @@ pub struct NewOrder {
     pub metadata: Box<[(Box<str>, Box<str>)]>,
 }
 
+/// Refuses ASCII control characters (U+0000..=U+001F and U+007F: NUL, tabs, line breaks,
+/// escapes) in a text field: they break logs, CSV exports and the CRM screens downstream, and no
+/// identifier, SKU or note needs them.
+pub fn check_no_control(value: &str, field: &str) -> Result<(), ValidationError> {
+    match value.bytes().position(|b| b.is_ascii_control()) {
+        None => Ok(()),
+        Some(at) => Err(ValidationError::new(
+            "invalid_text",
+            field,
+            format!(
+                "must not contain control characters (0x{:02X} at byte {at})",
+                value.as_bytes()[at]
+            ),
+        )),
+    }
+}
+
 fn check_text(value: &str, field: &str) -> Result<Box<str>, ValidationError> {
     if value.is_empty() {
         return Err(ValidationError::new(
@@ -214,6 +266,7 @@ fn check_text(value: &str, field: &str) -> Result<Box<str>, ValidationError> {
             format!("must be at most {MAX_TEXT_BYTES} bytes"),
         ));
     }
+    check_no_control(value, field)?;
     Ok(value.into())
 }
 
@@ -291,6 +344,7 @@ impl NewOrder {
                     "value too long",
                 ));
             }
+            check_no_control(value, "metadata")?;
             metadata.push((key, value.as_str().into()));
         }
         let new_order = NewOrder {
@@ -553,4 +607,37 @@ impl Order {
 /// Maps a rejection for an order that does not exist yet.
 pub(crate) fn not_found(id: OrderId) -> Rejection {
     Rejection::OrderNotFound(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(customer_id: &str, sku: &str, note: &str) -> NewOrderRequest {
+        NewOrderRequest {
+            customer_id: customer_id.into(),
+            currency: "USD".into(),
+            payment_method: "card".into(),
+            items: vec![LineItemRequest {
+                sku: sku.into(),
+                quantity: 1,
+                unit_price: "1.00".into(),
+            }],
+            metadata: [("note".to_string(), note.to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_in_every_text_field() {
+        assert!(NewOrder::parse(&request("c-1", "sku-1", "gift wrap, é")).is_ok());
+        for (req, field) in [
+            (request("c\u{0}1", "sku-1", "n"), "customer_id"),
+            (request("c-1", "sku\n1", "n"), "items[0].sku"),
+            (request("c-1", "sku-1", "line\r\nbreak"), "metadata"),
+            (request("c-1", "sku\u{7f}", "n"), "items[0].sku"),
+        ] {
+            let error = NewOrder::parse(&req).expect_err("a control character");
+            assert_eq!((error.code, error.field.as_str()), ("invalid_text", field));
+        }
+    }
 }

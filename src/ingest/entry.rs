@@ -149,7 +149,7 @@ pub(crate) fn decode(stream: &str, entry: &StreamEntry) -> Decoded {
         },
     };
     let request: NewOrderRequest = match serde_json::from_slice(raw) {
-        Ok(request) => request,
+        Ok(crate::domain::order::Object(request)) => request,
         Err(error) => return Decoded::Invalid(DeadLetter::new("invalid_json", error.to_string())),
     };
     let new_order = match NewOrder::parse(&request) {

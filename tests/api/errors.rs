@@ -365,7 +365,88 @@ async fn a_bad_idempotency_key_is_400() {
 async fn unknown_routes_answer_json_404() {
     let app = spawn_app().await;
     assert_error(app.get("/v2/nothing").await, 404, "not_found").await;
-    assert_error(app.get("/v1/orders").await, 404, "not_found").await;
+    assert_error(app.get("/v1/orders/abc/teleport").await, 404, "not_found").await;
+}
+
+#[actix_web::test]
+async fn a_known_path_with_another_method_is_405_with_allow() {
+    let app = spawn_app().await;
+    let id = app.place(1).await["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_string();
+    let client = reqwest::Client::new();
+    for (method, path, allow) in [
+        (reqwest::Method::GET, "/v1/orders".to_string(), "POST"),
+        (reqwest::Method::DELETE, format!("/v1/orders/{id}"), "GET"),
+        (reqwest::Method::PUT, format!("/v1/orders/{id}/pay"), "POST"),
+        (reqwest::Method::DELETE, "/v1/orders/bulk".to_string(), "POST"),
+        (reqwest::Method::POST, "/healthz".to_string(), "GET"),
+        (reqwest::Method::PATCH, "/openapi.json".to_string(), "GET"),
+    ] {
+        let response = client
+            .request(method.clone(), app.url(&path))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(
+            response
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok()),
+            Some(allow),
+            "{method} {path}"
+        );
+        assert_error(response, 405, "method_not_allowed").await;
+    }
+}
+
+#[actix_web::test]
+async fn an_array_where_an_object_is_expected_is_invalid_field() {
+    let app = spawn_app().await;
+    // Serde would read a struct's fields in sequence form; the API takes objects only.
+    for body in [
+        json!([]),
+        json!(["c-1", "USD", "card", [["sku-1", 1, "1.00"]], {}]),
+        order_with(|o| o["items"] = json!([["sku-1", 1, "1.00"]])),
+    ] {
+        assert_error(app.post_json("/v1/orders", &body).await, 400, "invalid_field").await;
+    }
+    let id = app.place(2).await["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_string();
+    let response = app
+        .post_json(&format!("/v1/orders/{id}/ship"), &json!(["T-1"]))
+        .await;
+    assert_error(response, 400, "invalid_field").await;
+}
+
+#[actix_web::test]
+async fn control_characters_in_text_fields_are_422_invalid_text() {
+    let app = spawn_app().await;
+    for (body, field) in [
+        (order_with(|o| o["customer_id"] = json!("c\u{0}1")), "customer_id"),
+        (order_with(|o| o["items"][0]["sku"] = json!("sku\n1")), "items[0].sku"),
+        (order_with(|o| o["metadata"] = json!({"note": "a\u{1b}[31m"})), "metadata"),
+    ] {
+        let error = assert_error(app.post_json("/v1/orders", &body).await, 422, "invalid_text").await;
+        assert_eq!(error["field"], field);
+    }
+    let id = app.place(3).await["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_string();
+    app.post_json(&format!("/v1/orders/{id}/pay"), &json!({}))
+        .await;
+    let response = app
+        .post_json(
+            &format!("/v1/orders/{id}/ship"),
+            &json!({"tracking_number": "T\u{0}1"}),
+        )
+        .await;
+    let error = assert_error(response, 422, "invalid_text").await;
+    assert_eq!(error["field"], "tracking_number");
 }
 
 #[actix_web::test]
