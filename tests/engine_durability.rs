@@ -3,7 +3,6 @@
 mod support;
 
 use std::cell::RefCell;
-use std::future::Future;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,31 +17,13 @@ use orderly::store::SnapshotStore;
 use support::orders::new_order;
 use support::redis_server::RedisServer;
 
-/// Longest wait for any single engine call or store call in these tests.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// Embedded defaults pointed at `url`, sized for a 2-core machine.
-fn settings_for(url: &str) -> Settings {
-    let mut settings = Settings::embedded_default().expect("embedded settings load");
-    settings.store.url = url.to_string();
-    settings.engine.shards = 8;
-    settings.engine.arbiters = 2;
-    settings.store.redis.connections = 2;
-    settings.store.redis.connect_timeout_ms = 1000;
-    settings
-}
+use support::calls::within;
+use support::settings::for_store as settings_for;
 
 async fn open_store(settings: &Settings) -> Arc<dyn SnapshotStore> {
     within("open store", orderly::store::open(settings))
         .await
         .unwrap_or_else(|e| panic!("cannot open store {}: {e}", settings.store.url))
-}
-
-/// Awaits `future`, failing the test if it takes longer than [`CALL_TIMEOUT`].
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
 }
 
 fn acked(result: CommandResult, what: &str) -> CommandOutcome {

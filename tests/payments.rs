@@ -7,45 +7,28 @@
 //! querying it, never by charging it again. With the simulated gateways: a slow gateway never
 //! holds up another, and the concurrency and rate limits shape a gateway's calls.
 
+mod support;
+
 #[path = "../load-tests/src/bin/mock_payments.rs"]
 #[allow(dead_code)]
 mod mock_payments;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mock_payments::{Faults, MockConfig, RunningMock};
 use orderly::config::{PaymentRoutes, Settings};
-use orderly::domain::{
-    AttemptStatus, Command, CommandEnvelope, LineItemRequest, NewOrder, NewOrderRequest, Order,
-    OrderId, OrderStatus,
-};
+use orderly::domain::{AttemptStatus, Command, CommandEnvelope, Order, OrderId, OrderStatus};
 use orderly::engine::{Admission, BatchItem, CommandResult, Engine, Request};
 use orderly::store::memory::MemoryStore;
 use orderly::store::SnapshotStore;
 use serde_json::Value;
+use support::calls::within;
+use support::orders::new_order;
 
-/// Longest wait for any single engine call.
-const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for an order to reach an expected state.
 const SETTLE_TIMEOUT: Duration = Duration::from_secs(20);
 const API_KEY: &str = "test-key";
-
-fn new_order(n: u64) -> NewOrder {
-    NewOrder::parse(&NewOrderRequest {
-        customer_id: format!("customer-{n}"),
-        currency: "USD".into(),
-        payment_method: "card".into(),
-        items: vec![LineItemRequest {
-            sku: format!("sku-{n}"),
-            quantity: 2,
-            unit_price: "12.50".into(),
-        }],
-        metadata: Default::default(),
-    })
-    .expect("test order is valid")
-}
 
 /// Embedded defaults with every method routed to the `http` gateway at `url`, and short
 /// timeouts, backoffs and breaker periods so the tests run in seconds.
@@ -81,12 +64,6 @@ fn start_mock(faults: Faults) -> RunningMock {
         seed: 7,
     })
     .expect("mock payment service starts")
-}
-
-async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
 }
 
 fn acked(result: CommandResult, what: &str) -> Arc<Order> {

@@ -46,11 +46,8 @@ async fn mock_get(client: &reqwest::Client, url: &str) -> Value {
 
 /// Stored orders with a live payment attempt or a pending refund.
 fn live_payments(server: &RedisServer) -> i64 {
-    let keys = server.command(&["KEYS", "orderly:*:order:*"]);
-    keys.as_array()
-        .unwrap_or_default()
+    support::stored::order_keys(server)
         .iter()
-        .filter_map(|k| k.as_str())
         .filter_map(|k| support::stored::stored_order(server, k))
         .filter(|o| o.live_attempt().is_some() || o.pending_refund().is_some())
         .count() as i64
@@ -151,12 +148,8 @@ async fn a_killed_engine_resumes_payments_without_double_charges() {
     }
 
     // Every stored order, read through the engine.
-    let keys = server.command(&["KEYS", "orderly:*:order:*"]);
-    let ids: Vec<OrderId> = keys
-        .as_array()
-        .expect("KEYS answers an array")
+    let ids: Vec<OrderId> = support::stored::order_keys(&server)
         .iter()
-        .filter_map(|k| k.as_str())
         .filter_map(|k| OrderId::parse(&k[k.len().saturating_sub(36)..]))
         .collect();
     assert!(!ids.is_empty(), "no orders were stored");

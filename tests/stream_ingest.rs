@@ -2,7 +2,6 @@
 
 mod support;
 
-use std::collections::HashSet;
 use std::future::Future;
 use std::process::{Child, Command as Process, Stdio};
 use std::sync::Arc;
@@ -36,12 +35,7 @@ fn order_json(n: usize) -> String {
 /// Embedded defaults with the Redis store at `url`, sized for a 2-core machine, and the stream
 /// consumer tuned for quick tests: small batches, short blocking reads, fast reclaim.
 fn settings_for(url: &str, consumer: &str) -> Settings {
-    let mut settings = Settings::embedded_default().expect("embedded settings load");
-    settings.store.url = url.to_string();
-    settings.engine.shards = 8;
-    settings.engine.arbiters = 2;
-    settings.store.redis.connections = 2;
-    settings.store.redis.connect_timeout_ms = 1000;
+    let mut settings = support::settings::for_store(url);
     settings.ingest.enabled = true;
     settings.ingest.url = url.to_string();
     settings.ingest.stream = STREAM.into();
@@ -55,9 +49,7 @@ fn settings_for(url: &str, consumer: &str) -> Settings {
 }
 
 async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, future)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {WAIT:?}"))
+    support::calls::within_for(what, WAIT, future).await
 }
 
 async fn start_engine(settings: &Settings) -> Engine {
@@ -115,30 +107,7 @@ fn pending_count(redis: &RedisServer) -> i64 {
         .unwrap_or_else(|| panic!("XPENDING: unexpected reply {reply}"))
 }
 
-/// Order snapshot keys in the store, by SCAN (bounded: the keyspace here is small).
-fn order_keys(redis: &RedisServer) -> HashSet<String> {
-    let mut keys = HashSet::new();
-    let mut cursor = "0".to_string();
-    for _ in 0..10_000 {
-        let reply = redis.command(&[
-            "SCAN",
-            &cursor,
-            "MATCH",
-            "orderly:*:order:*",
-            "COUNT",
-            "1000",
-        ]);
-        let parts = reply.as_array().expect("SCAN answers [cursor, keys]");
-        cursor = parts[0].as_str().expect("SCAN cursor").to_string();
-        for key in parts[1].as_array().expect("SCAN keys") {
-            keys.insert(key.as_str().expect("key is text").to_string());
-        }
-        if cursor == "0" {
-            return keys;
-        }
-    }
-    panic!("SCAN did not finish");
-}
+use support::stored::order_keys;
 
 /// The order id the consumer derives for an entry without an idempotency key (the contract
 /// that makes re-deliveries reach the same order).

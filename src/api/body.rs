@@ -16,8 +16,8 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use super::error::ApiError;
-use crate::domain::order::Object;
 use super::ApiState;
+use crate::domain::order::Object;
 
 /// Whether the request's `Content-Type` is `application/json` or an `application/*+json` type.
 pub(crate) fn is_json_content(req: &HttpRequest) -> bool {

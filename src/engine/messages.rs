@@ -55,6 +55,7 @@ impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
             EngineError::Rejected(r) => r.code(),
+            EngineError::Store(StoreError::Full(_)) => "store_full",
             EngineError::Store(_) => "store_unavailable",
             EngineError::Conflict(_) => "conflict_retry",
             EngineError::Overloaded => "overloaded",

@@ -109,6 +109,10 @@ pub enum StoreError {
     /// The store did not answer in time; the outcome of a write is unknown.
     #[error("store timed out after {0} ms")]
     Timeout(u64),
+    /// The store refused the write for lack of memory (Redis at `maxmemory` with the
+    /// `noeviction` policy): nothing of it was stored. Retryable once memory is freed or raised.
+    #[error("store is full: {0}")]
+    Full(String),
     /// A stored snapshot could not be decoded.
     #[error("stored snapshot is unreadable: {0}")]
     Corrupt(String),

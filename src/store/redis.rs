@@ -121,7 +121,20 @@ struct OutboxConfig {
 }
 
 fn unavailable(error: redis::RedisError) -> StoreError {
+    if error.code() == Some("OOM") {
+        return StoreError::Full(error.to_string());
+    }
     StoreError::Unavailable(error.to_string())
+}
+
+/// A Redis error reply as a store error: `OOM …` (alone, or as the cause of an `EXECABORT`) is
+/// [`StoreError::Full`], anything else [`StoreError::Unavailable`].
+fn reply_error(text: String) -> StoreError {
+    if text.starts_with("OOM ") || text.contains("(OOM ") {
+        StoreError::Full(text)
+    } else {
+        StoreError::Unavailable(text)
+    }
 }
 
 async fn with_timeout<T>(
@@ -600,7 +613,7 @@ impl RedisShardWriter {
         self.watching = false;
         let reply = self.call().await?.pop().unwrap_or(Reply::Array(None));
         match reply.first_error() {
-            Some(error) => Err(StoreError::Unavailable(error.to_string())),
+            Some(error) => Err(reply_error(error.to_string())),
             None => Ok(reply),
         }
     }
@@ -610,7 +623,7 @@ impl RedisShardWriter {
 fn lease_values(reply: Option<Reply>) -> Result<Vec<Option<String>>, StoreError> {
     match reply {
         Some(Reply::Array(Some(items))) => Ok(items.into_iter().map(Reply::into_string).collect()),
-        Some(Reply::Error(error)) => Err(StoreError::Unavailable(error)),
+        Some(Reply::Error(error)) => Err(reply_error(error)),
         other => Err(StoreError::Unavailable(format!(
             "unexpected MGET answer {other:?}"
         ))),
@@ -641,12 +654,12 @@ fn read_transaction(
     let mut results = Vec::new();
     let applied = match &exec {
         Reply::Array(Some(_)) => match exec.first_error() {
-            Some(error) => return Err(StoreError::Unavailable(error.to_string())),
+            Some(error) => return Err(reply_error(error.to_string())),
             None => true,
         },
         Reply::Array(None) => false,
         Reply::Error(error) => {
-            return Err(StoreError::Unavailable(match queue_error {
+            return Err(reply_error(match queue_error {
                 Some(cause) => format!("{error} ({cause})"),
                 None => error.clone(),
             }))

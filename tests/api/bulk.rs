@@ -2,12 +2,12 @@
 //! every bad line is reported with its 1-based input line number, CRLF and blank lines are
 //! handled, and the request-level limits end the stream with an error line.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
 use crate::app::{order_json, spawn_app, spawn_app_with, spawn_redis_app_with, TestApp};
-use crate::support::redis_server::{RedisServer, RespValue};
+use crate::support::redis_server::RedisServer;
 
 /// Sends `body` to the bulk endpoint and returns the response lines as JSON.
 async fn bulk(app: &TestApp, body: Vec<u8>) -> Vec<Value> {
@@ -34,29 +34,7 @@ fn line(n: u64) -> String {
 
 /// Order keys in Redis (`orderly:{<shard>}:order:<uuid>`), counted with a bounded SCAN.
 fn count_order_keys(redis: &RedisServer) -> usize {
-    let mut cursor = "0".to_string();
-    let mut keys = HashSet::new();
-    for _ in 0..100_000 {
-        let reply = redis.command(&[
-            "SCAN",
-            &cursor,
-            "MATCH",
-            "orderly:*:order:*",
-            "COUNT",
-            "1000",
-        ]);
-        let parts = reply.as_array().expect("SCAN reply");
-        cursor = parts[0].as_str().expect("cursor").to_string();
-        if let Some(RespValue::Array(batch)) = parts.get(1) {
-            for key in batch {
-                keys.insert(key.as_str().expect("key").to_string());
-            }
-        }
-        if cursor == "0" {
-            return keys.len();
-        }
-    }
-    panic!("SCAN did not finish");
+    crate::support::stored::order_keys(redis).len()
 }
 
 #[actix_web::test]

@@ -380,7 +380,11 @@ async fn a_known_path_with_another_method_is_405_with_allow() {
         (reqwest::Method::GET, "/v1/orders".to_string(), "POST"),
         (reqwest::Method::DELETE, format!("/v1/orders/{id}"), "GET"),
         (reqwest::Method::PUT, format!("/v1/orders/{id}/pay"), "POST"),
-        (reqwest::Method::DELETE, "/v1/orders/bulk".to_string(), "POST"),
+        (
+            reqwest::Method::DELETE,
+            "/v1/orders/bulk".to_string(),
+            "POST",
+        ),
         (reqwest::Method::POST, "/healthz".to_string(), "GET"),
         (reqwest::Method::PATCH, "/openapi.json".to_string(), "GET"),
     ] {
@@ -410,7 +414,12 @@ async fn an_array_where_an_object_is_expected_is_invalid_field() {
         json!(["c-1", "USD", "card", [["sku-1", 1, "1.00"]], {}]),
         order_with(|o| o["items"] = json!([["sku-1", 1, "1.00"]])),
     ] {
-        assert_error(app.post_json("/v1/orders", &body).await, 400, "invalid_field").await;
+        assert_error(
+            app.post_json("/v1/orders", &body).await,
+            400,
+            "invalid_field",
+        )
+        .await;
     }
     let id = app.place(2).await["order_id"]
         .as_str()
@@ -426,11 +435,25 @@ async fn an_array_where_an_object_is_expected_is_invalid_field() {
 async fn control_characters_in_text_fields_are_422_invalid_text() {
     let app = spawn_app().await;
     for (body, field) in [
-        (order_with(|o| o["customer_id"] = json!("c\u{0}1")), "customer_id"),
-        (order_with(|o| o["items"][0]["sku"] = json!("sku\n1")), "items[0].sku"),
-        (order_with(|o| o["metadata"] = json!({"note": "a\u{1b}[31m"})), "metadata"),
+        (
+            order_with(|o| o["customer_id"] = json!("c\u{0}1")),
+            "customer_id",
+        ),
+        (
+            order_with(|o| o["items"][0]["sku"] = json!("sku\n1")),
+            "items[0].sku",
+        ),
+        (
+            order_with(|o| o["metadata"] = json!({"note": "a\u{1b}[31m"})),
+            "metadata",
+        ),
     ] {
-        let error = assert_error(app.post_json("/v1/orders", &body).await, 422, "invalid_text").await;
+        let error = assert_error(
+            app.post_json("/v1/orders", &body).await,
+            422,
+            "invalid_text",
+        )
+        .await;
         assert_eq!(error["field"], field);
     }
     let id = app.place(3).await["order_id"]

@@ -11,9 +11,18 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Awaits `future`, panicking with `what` past [`CALL_TIMEOUT`].
 pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(CALL_TIMEOUT, future)
+    within_for(what, CALL_TIMEOUT, future).await
+}
+
+/// Awaits `future`, panicking with `what` past `limit`.
+pub async fn within_for<T>(
+    what: &str,
+    limit: Duration,
+    future: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(limit, future)
         .await
-        .unwrap_or_else(|_| panic!("{what}: no answer within {CALL_TIMEOUT:?}"))
+        .unwrap_or_else(|_| panic!("{what}: no answer within {limit:?}"))
 }
 
 /// Applies `command` to `id` (a fresh command id) and waits for the durable answer.

@@ -10,4 +10,5 @@ pub mod outbox;
 pub mod receiver;
 pub mod redis_server;
 pub mod serve;
+pub mod settings;
 pub mod stored;

@@ -60,9 +60,13 @@ pub fn serve_command(url: &str, node_id: &str, shards: u32, config: Option<&Path
 
 /// Starts `orderly serve` and waits for its address.
 pub fn spawn_serve(url: &str, node_id: &str, shards: u32, config: Option<&Path>) -> Serve {
-    let mut child = serve_command(url, node_id, shards, config)
-        .spawn()
-        .expect("orderly serve starts");
+    spawn_serve_command(serve_command(url, node_id, shards, config))
+}
+
+/// Starts a prepared `orderly serve` command (see [`serve_command`]; add settings with
+/// `.env("ORDERLY__…", …)`) and waits for its address.
+pub fn spawn_serve_command(mut command: Command) -> Serve {
+    let mut child = command.spawn().expect("orderly serve starts");
     let stderr = child.stderr.take().expect("stderr");
     let log = Arc::new(Mutex::new(Vec::new()));
     let lines = Arc::clone(&log);
