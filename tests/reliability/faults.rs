@@ -226,6 +226,37 @@ pub async fn check(journal: &Journal, redis: &RedisServer, mock: &RunningMock) -
     checker::check(&acks, &store, Some(&events), Some(&charges))
 }
 
+/// The lifecycle load of a fault: `workers` clients, `(short, long)` lifecycles (one cart in
+/// ten abandoned), at most 60 s (300 s in the long run).
+fn start_load(
+    node: &Node,
+    journal: &Arc<Journal>,
+    workers: usize,
+    (short, long_run): (u64, u64),
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(driver::run(
+        node.target.clone(),
+        Arc::clone(journal),
+        Load {
+            workers,
+            lifecycles: if long() { long_run } else { short },
+            abandon_every: 10,
+            deadline: Duration::from_secs(if long() { 300 } else { 60 }),
+        },
+    ))
+}
+
+/// Adds the answers the fault must not cause (beyond the `allowed` retryable ones) to the
+/// findings.
+fn flag_unexpected(findings: &mut Findings, journal: &Journal, allowed: &[&str]) {
+    let unexpected = journal.unexpected(allowed);
+    if !unexpected.is_empty() {
+        findings
+            .inconsistent
+            .push(format!("unexpected answers {unexpected:?}"));
+    }
+}
+
 /// The time from `since` until the journal holds more than `before` acknowledgements.
 async fn first_ack_after(
     journal: &Journal,
@@ -253,16 +284,7 @@ pub async fn engine_crash() -> Row {
     let mock = healthy_mock();
     let mut node = Node::start("reliability-crash", &redis, &mock, &[]);
     let journal = Arc::new(Journal::default());
-    let load = tokio::spawn(driver::run(
-        node.target.clone(),
-        Arc::clone(&journal),
-        Load {
-            workers: 24,
-            lifecycles: if long() { 40_000 } else { 2_500 },
-            abandon_every: 10,
-            deadline: Duration::from_secs(if long() { 300 } else { 60 }),
-        },
-    ));
+    let load = start_load(&node, &journal, 24, (2_500, 40_000));
     let mut recovery = Duration::ZERO;
     for _ in 0..times {
         tokio::time::sleep(Duration::from_millis(300 + fastrand::u64(0..900))).await;
@@ -276,18 +298,17 @@ pub async fn engine_crash() -> Row {
     let _ = load.await;
     settle(&redis, Duration::from_secs(20)).await;
     let mut findings = check(&journal, &redis, &mock).await;
-    let unexpected = journal.unexpected(&[
-        "503 shard_unavailable",
-        "503 store_unavailable",
-        "503 request_timeout",
-        "503 engine_stopped",
-        "503 conflict_retry",
-    ]);
-    if !unexpected.is_empty() {
-        findings
-            .inconsistent
-            .push(format!("unexpected answers {unexpected:?}"));
-    }
+    flag_unexpected(
+        &mut findings,
+        &journal,
+        &[
+            "503 shard_unavailable",
+            "503 store_unavailable",
+            "503 request_timeout",
+            "503 engine_stopped",
+            "503 conflict_retry",
+        ],
+    );
     Row {
         fault: "engine SIGKILL (restart, same node id)",
         injected: times,
@@ -313,16 +334,7 @@ pub async fn redis_restart() -> Row {
     let mock = healthy_mock();
     let node = Node::start("reliability-redis", &redis, &mock, &[]);
     let journal = Arc::new(Journal::default());
-    let load = tokio::spawn(driver::run(
-        node.target.clone(),
-        Arc::clone(&journal),
-        Load {
-            workers: 16,
-            lifecycles: if long() { 20_000 } else { 2_000 },
-            abandon_every: 10,
-            deadline: Duration::from_secs(if long() { 300 } else { 60 }),
-        },
-    ));
+    let load = start_load(&node, &journal, 16, (2_000, 20_000));
     let mut recovery = Duration::ZERO;
     let mut acked_while_away = 0;
     for _ in 0..times {
@@ -342,17 +354,16 @@ pub async fn redis_restart() -> Row {
     let _ = load.await;
     settle(&redis, Duration::from_secs(20)).await;
     let mut findings = check(&journal, &redis, &mock).await;
-    let unexpected = journal.unexpected(&[
-        "503 store_unavailable",
-        "503 shard_unavailable",
-        "503 request_timeout",
-        "503 conflict_retry",
-    ]);
-    if !unexpected.is_empty() {
-        findings
-            .inconsistent
-            .push(format!("unexpected answers {unexpected:?}"));
-    }
+    flag_unexpected(
+        &mut findings,
+        &journal,
+        &[
+            "503 store_unavailable",
+            "503 shard_unavailable",
+            "503 request_timeout",
+            "503 conflict_retry",
+        ],
+    );
     if recovery > Duration::from_secs(2) {
         findings.inconsistent.push(format!(
             "the first acknowledgement after Redis returned took {recovery:?} (more than 2 s)"
@@ -390,16 +401,7 @@ pub async fn redis_slow_or_full() -> Row {
     let mock = healthy_mock();
     let node = Node::start("reliability-slow", &redis, &mock, &[]);
     let journal = Arc::new(Journal::default());
-    let load = tokio::spawn(driver::run(
-        node.target.clone(),
-        Arc::clone(&journal),
-        Load {
-            workers: 16,
-            lifecycles: if long() { 20_000 } else { 3_000 },
-            abandon_every: 10,
-            deadline: Duration::from_secs(if long() { 300 } else { 60 }),
-        },
-    ));
+    let load = start_load(&node, &journal, 16, (3_000, 20_000));
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let rss_before = node.rss_bytes().await.unwrap_or(0.0);
     let mut recovery = Duration::ZERO;
@@ -460,18 +462,17 @@ pub async fn redis_slow_or_full() -> Row {
             "RSS grew from {rss_before} to {rss_peak} bytes (more than 1.5x)"
         ));
     }
-    let unexpected = journal.unexpected(&[
-        "503 store_unavailable",
-        "503 store_full",
-        "503 shard_unavailable",
-        "503 request_timeout",
-        "503 conflict_retry",
-    ]);
-    if !unexpected.is_empty() {
-        findings
-            .inconsistent
-            .push(format!("unexpected answers {unexpected:?}"));
-    }
+    flag_unexpected(
+        &mut findings,
+        &journal,
+        &[
+            "503 store_unavailable",
+            "503 store_full",
+            "503 shard_unavailable",
+            "503 request_timeout",
+            "503 conflict_retry",
+        ],
+    );
     Row {
         fault: "Redis DEBUG SLEEP, CLIENT PAUSE, maxmemory full",
         injected: 3,
@@ -564,16 +565,7 @@ pub async fn gateway_chaos() -> Row {
         ],
     );
     let journal = Arc::new(Journal::default());
-    let load = tokio::spawn(driver::run(
-        node.target.clone(),
-        Arc::clone(&journal),
-        Load {
-            workers: 24,
-            lifecycles: if long() { 5_000 } else { 600 },
-            abandon_every: 10,
-            deadline: Duration::from_secs(if long() { 300 } else { 60 }),
-        },
-    ));
+    let load = start_load(&node, &journal, 24, (600, 5_000));
     tokio::time::sleep(Duration::from_secs(3)).await;
     set_mock_faults(&mock, &outage).await;
     tokio::time::sleep(outage_for).await;
@@ -601,16 +593,15 @@ pub async fn gateway_chaos() -> Row {
             "the breaker opened {opened} and closed {closed} times (each must be at least 1)"
         ));
     }
-    let unexpected = journal.unexpected(&[
-        "503 store_unavailable",
-        "503 request_timeout",
-        "409 illegal_transition",
-    ]);
-    if !unexpected.is_empty() {
-        findings
-            .inconsistent
-            .push(format!("unexpected answers {unexpected:?}"));
-    }
+    flag_unexpected(
+        &mut findings,
+        &journal,
+        &[
+            "503 store_unavailable",
+            "503 request_timeout",
+            "409 illegal_transition",
+        ],
+    );
     Row {
         fault: "gateway chaos: 30% timeouts after charging, 10% 5xx, slow, outage",
         injected: 1,
