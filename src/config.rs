@@ -700,6 +700,66 @@ impl Settings {
         if self.engine.shards == 0 || self.engine.shards > 65_536 {
             return invalid("engine.shards", "must be 1..=65536");
         }
+        // Sizes, counts and timeouts whose zero (or absurd size) would refuse every request,
+        // time every call out at once, block forever or loop: each within a range, named.
+        let api = &self.api;
+        let ranges: [(&str, u64, u64, u64); 12] = [
+            ("api.body_bytes_max", api.body_bytes_max as u64, 1, 64 << 20),
+            (
+                "api.bulk_body_bytes_max",
+                api.bulk_body_bytes_max,
+                1,
+                1 << 40,
+            ),
+            (
+                "api.bulk_line_bytes_max",
+                api.bulk_line_bytes_max as u64,
+                1,
+                64 << 20,
+            ),
+            ("api.bulk_lines_max", api.bulk_lines_max, 1, 1 << 40),
+            ("api.bulk_batch_size", api.bulk_batch_size as u64, 1, 10_000),
+            (
+                "api.request_timeout_ms",
+                api.request_timeout_ms,
+                1,
+                3_600_000,
+            ),
+            ("api.workers", api.workers as u64, 0, 1024),
+            (
+                "engine.idle_timeout_ms",
+                self.engine.idle_timeout_ms,
+                1,
+                86_400_000,
+            ),
+            (
+                "store.redis.connect_timeout_ms",
+                self.store.redis.connect_timeout_ms,
+                1,
+                600_000,
+            ),
+            (
+                "store.redis.command_timeout_ms",
+                self.store.redis.command_timeout_ms,
+                1,
+                600_000,
+            ),
+            ("ingest.block_ms", self.ingest.block_ms, 1, 60_000),
+            (
+                "ingest.batch_size",
+                self.ingest.batch_size as u64,
+                1,
+                100_000,
+            ),
+        ];
+        for (path, value, low, high) in ranges {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    path: path.into(),
+                    message: format!("must be {low}..={high}, got {value}"),
+                });
+            }
+        }
         if self.engine.max_live_orders_per_shard == 0 {
             return invalid("engine.max_live_orders_per_shard", "must be at least 1");
         }
@@ -1102,6 +1162,26 @@ mod tests {
         }
         let settings = Settings::load(None, env(&[(key, "32000")])).unwrap();
         assert_eq!(settings.payments.simulated_ledger_retention_ms, 32_000);
+    }
+
+    #[test]
+    fn zero_sizes_and_timeouts_are_refused_by_name() {
+        for key in [
+            "api.body_bytes_max",
+            "api.bulk_batch_size",
+            "api.request_timeout_ms",
+            "engine.idle_timeout_ms",
+            "store.redis.command_timeout_ms",
+            "ingest.block_ms",
+        ] {
+            let var = format!("ORDERLY__{}", key.replace('.', "__").to_ascii_uppercase());
+            let err = Settings::load(None, env(&[(&var, "0")])).unwrap_err();
+            assert!(err.to_string().contains(key), "{key}: {err}");
+            assert!(err.to_string().contains("must be 1..="), "{key}: {err}");
+        }
+        let err =
+            Settings::load(None, env(&[("ORDERLY__API__BULK_BATCH_SIZE", "10001")])).unwrap_err();
+        assert!(err.to_string().contains("1..=10000"), "{err}");
     }
 
     #[test]
