@@ -404,7 +404,7 @@ mod tests {
                 quantity: 2,
                 unit_price: "1500".into(),
             }],
-            metadata: [("channel".to_string(), "web|app\n".to_string())]
+            metadata: [("channel".to_string(), "web|app\\é\"".to_string())]
                 .into_iter()
                 .collect(),
         };
@@ -434,7 +434,7 @@ mod tests {
         assert_eq!(json["data"]["status"], "pending_payment");
         assert_eq!(json["data"]["amount"], "3000");
         assert_eq!(json["data"]["currency"], "JPY");
-        assert_eq!(json["data"]["metadata"]["channel"], "web|app\n");
+        assert_eq!(json["data"]["metadata"]["channel"], "web|app\\é\"");
         assert!(json["data"].get("tracking_number").is_none());
         assert!(
             stored.len() * 2 < expanded.len() + 40,
