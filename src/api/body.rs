@@ -128,7 +128,8 @@ fn shape_error(error: serde_path_to_error::Error<serde_json::Error>) -> ApiError
 /// A required JSON body of type `T` (`Content-Type: application/json`).
 pub(crate) struct JsonBody<T>(pub(crate) T);
 
-/// An optional JSON body: an empty body gives `T::default()` and needs no `Content-Type`.
+/// An optional JSON body: an empty body gives `T::default()` and needs no `Content-Type`; a
+/// JSON `null` gives `T::default()` too.
 pub(crate) struct OptionalJsonBody<T>(pub(crate) T);
 
 fn body_limit(req: &HttpRequest) -> usize {
@@ -171,6 +172,10 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJsonBody<T
                 return Err(ApiError::UnsupportedMediaType {
                     expected: "application/json",
                 });
+            }
+            // The document declares these bodies optional and nullable: `null` is no body.
+            if body.trim_ascii() == b"null" {
+                return Ok(OptionalJsonBody(T::default()));
             }
             parse_json(&body).map(OptionalJsonBody)
         })

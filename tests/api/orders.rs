@@ -120,3 +120,29 @@ async fn a_partial_refund_in_a_three_decimal_currency() {
     assert_eq!(refund["status"], "refunding");
     assert_eq!(refund["total"]["amount"], "10.500");
 }
+
+#[actix_web::test]
+async fn an_optional_body_may_be_null() {
+    let app = spawn_app().await;
+    let id = app.place(7).await["order_id"]
+        .as_str()
+        .expect("order_id")
+        .to_string();
+    for verb in ["pay", "ship", "deliver"] {
+        let response = app
+            .post_raw(
+                &format!("/v1/orders/{id}/{verb}"),
+                "application/json",
+                b" null ".to_vec(),
+            )
+            .await;
+        assert_eq!(response.status(), 200, "{verb} with a null body");
+    }
+    let order: Value = app
+        .get(&format!("/v1/orders/{id}"))
+        .await
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(order["status"], "completed");
+}
