@@ -246,6 +246,21 @@ fn start_load(
     ))
 }
 
+/// After the load: waits for the store to settle (bounded by `limit`), runs the checker and
+/// flags every answer outside `allowed`.
+async fn finish(
+    journal: &Journal,
+    redis: &RedisServer,
+    mock: &RunningMock,
+    limit: Duration,
+    allowed: &[&str],
+) -> Findings {
+    settle(redis, limit).await;
+    let mut findings = check(journal, redis, mock).await;
+    flag_unexpected(&mut findings, journal, allowed);
+    findings
+}
+
 /// Adds the answers the fault must not cause (beyond the `allowed` retryable ones) to the
 /// findings.
 fn flag_unexpected(findings: &mut Findings, journal: &Journal, allowed: &[&str]) {
@@ -296,11 +311,11 @@ pub async fn engine_crash() -> Row {
             recovery.max(first_ack_after(&journal, before, down, Duration::from_secs(20)).await);
     }
     let _ = load.await;
-    settle(&redis, Duration::from_secs(20)).await;
-    let mut findings = check(&journal, &redis, &mock).await;
-    flag_unexpected(
-        &mut findings,
+    let findings = finish(
         &journal,
+        &redis,
+        &mock,
+        Duration::from_secs(20),
         &[
             "503 shard_unavailable",
             "503 store_unavailable",
@@ -308,7 +323,8 @@ pub async fn engine_crash() -> Row {
             "503 engine_stopped",
             "503 conflict_retry",
         ],
-    );
+    )
+    .await;
     Row {
         fault: "engine SIGKILL (restart, same node id)",
         injected: times,
@@ -352,18 +368,19 @@ pub async fn redis_restart() -> Row {
             recovery.max(first_ack_after(&journal, before, back, Duration::from_secs(10)).await);
     }
     let _ = load.await;
-    settle(&redis, Duration::from_secs(20)).await;
-    let mut findings = check(&journal, &redis, &mock).await;
-    flag_unexpected(
-        &mut findings,
+    let mut findings = finish(
         &journal,
+        &redis,
+        &mock,
+        Duration::from_secs(20),
         &[
             "503 store_unavailable",
             "503 shard_unavailable",
             "503 request_timeout",
             "503 conflict_retry",
         ],
-    );
+    )
+    .await;
     if recovery > Duration::from_secs(2) {
         findings.inconsistent.push(format!(
             "the first acknowledgement after Redis returned took {recovery:?} (more than 2 s)"
