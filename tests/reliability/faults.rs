@@ -193,7 +193,17 @@ pub fn stored_orders(redis: &RedisServer) -> HashMap<String, Stored> {
 /// Event types of every order in the outbox.
 pub fn outbox_events(redis: &RedisServer) -> HashMap<String, Vec<String>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
-    for event in outbox::all_events(redis, SHARDS) {
+    // The shard streams and, past their cap (`[outbox] max_entries_per_shard`), their
+    // overflow streams: an event is delivered from either.
+    let events = (0..SHARDS).flat_map(|s| {
+        let mut events = outbox::read_stream_events(redis, &format!("orderly:{{{s}}}:events"));
+        events.extend(outbox::read_stream_events(
+            redis,
+            &format!("orderly:{{{s}}}:events:overflow"),
+        ));
+        events
+    });
+    for event in events {
         let id = event["order_id"].as_str().unwrap_or_default().to_string();
         let kind = event["type"].as_str().unwrap_or_default().to_string();
         map.entry(id).or_default().push(kind);
